@@ -1,0 +1,57 @@
+"""Muesli on LunarLander-v3 with vector observations (the default config)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.env_id = "LunarLander-v3"
+  c.seed = 0
+  c.num_envs = 16
+  c.total_env_steps = 300_000
+  c.stack = 1  # LunarLander's state is fully observed: velocities included.
+  # Learner.
+  c.batch_size = 32  # sequences
+  c.sequence_length = 16  # T learning positions per sequence
+  c.unroll_steps = 5  # K
+  c.steps_per_update = 2  # vector-env steps between updates
+  c.learning_rate = 3e-4
+  c.lr_decay = True
+  c.adam_eps = 1e-8
+  c.update_clip = 1.0
+  c.weight_decay = 0.0
+  c.discount = 0.99
+  c.target_update_rate = 0.1
+  # Replay.
+  c.replay_capacity = 12_500  # time steps per env (x num_envs transitions)
+  c.replay_proportion = 0.75
+  c.warmup_steps = 64  # vector-env steps before the first update
+  # Targets and losses.
+  c.value_target = "retrace"  # retrace | nstep | mc
+  c.retrace_lambda = 0.95
+  c.pg_weight = 1.0
+  c.model_weight = 1.0
+  c.value_weight = 0.25
+  c.reward_weight = 1.0
+  c.kl_weight = 1.0
+  c.cmpo_clip = 1.0
+  c.ratio_clip = 1.0
+  c.adv_norm_decay = 0.99
+  c.prior_mix_target = 0.967
+  c.prior_mix_behaviour = 0.03
+  c.prior_mix_uniform = 0.003
+  # Network.
+  c.hidden_size = 128
+  c.num_blocks = 2
+  c.head_size = 128
+  c.num_bins = 61
+  c.value_min = -30.0  # support, in h-transformed units
+  c.value_max = 30.0
+  c.torso = "mlp"
+  c.dynamics_core = "mlp"
+  # Running.
+  c.logdir = "runs"
+  c.log_interval = 50  # updates between TensorBoard writes
+  c.solve_return = 200.0  # reported when the mean of the last 100 reaches it
+  c.distributed = False  # jax.distributed.initialize() for multi-host runs
+  return c

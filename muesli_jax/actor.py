@@ -1,0 +1,92 @@
+"""The actor: steps a gymnasium vector env with a jitted policy step.
+
+It acts with the prior (target) params, as in the paper, samples from the
+policy, stacks observations, and writes every step to the replay. It knows
+nothing of losses.
+"""
+
+from typing import List, Tuple
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from muesli_jax.networks import MuesliNetworks
+from muesli_jax.replay import SequenceReplay
+
+
+def make_policy_step(networks: MuesliNetworks):
+  """`(params, obs [E, ...], rng, step) -> (actions [E], logits [E, A])`."""
+
+  @jax.jit
+  def policy_step(params, observation, rng, step):
+    rng = jax.random.fold_in(rng, step)  # No host-side key splitting per step.
+    hidden = networks.represent(params, observation)
+    logits = networks.predict(params, hidden).policy_logits
+    return jax.random.categorical(rng, logits), logits
+
+  return policy_step
+
+
+class Actor:
+  """Runs `num_envs` environments in lockstep and fills a replay."""
+
+  def __init__(self, envs: gym.vector.VectorEnv, networks: MuesliNetworks,
+               replay: SequenceReplay, stack: int, seed: int):
+    self._envs = envs
+    self._replay = replay
+    self._stack = stack
+    self._policy_step = make_policy_step(networks)
+    self._rng = jax.random.PRNGKey(seed)
+    obs, _ = envs.reset(seed=seed)
+    self._frames = np.repeat(obs[:, None], stack, axis=1)  # [E, stack, ...]
+    self._after_episode_end = np.zeros(envs.num_envs, bool)
+    self._episode_return = np.zeros(envs.num_envs, np.float64)
+    self._episode_length = np.zeros(envs.num_envs, np.int64)
+    self.env_steps = 0
+    self._num_steps = 0
+    self._finished: List[Tuple[float, int]] = []  # (return, length)
+
+  def pop_episodes(self) -> List[Tuple[float, int]]:
+    """`(return, length)` of the episodes finished since the last call."""
+    finished, self._finished = self._finished, []
+    return finished
+
+  def observation(self) -> np.ndarray:
+    """The stacked observation `[E, stack * ...]` frames along the first axis."""
+    frames = self._frames
+    if frames.ndim == 3:  # vector observations: concatenate features
+      return frames.reshape(frames.shape[0], -1)
+    return np.concatenate(list(np.moveaxis(frames, 1, 0)), axis=-1)  # pixels
+
+  def step(self, params, num_steps: int) -> None:
+    """Takes `num_steps` steps of every env, writing each to the replay."""
+    for _ in range(num_steps):
+      obs = self.observation()
+      actions, logits = self._policy_step(params, obs, self._rng,
+                                          np.int32(self._num_steps))
+      self._num_steps += 1
+      actions, logits = np.asarray(actions), np.asarray(logits)
+      next_obs, reward, terminated, truncated, _ = self._envs.step(actions)
+      # The step after an episode end is the autoreset: not a transition.
+      is_reset = self._after_episode_end
+      self._replay.add(obs, actions, reward,
+                       discount=np.where(terminated | is_reset, 0.0, 1.0),
+                       mask=(~is_reset).astype(np.float32),
+                       behaviour_logits=logits)
+      done = (terminated | truncated) & ~is_reset
+      self._episode_return += np.where(is_reset, 0.0, reward)
+      self._episode_length += ~is_reset
+      for env in np.flatnonzero(done):
+        self._finished.append((float(self._episode_return[env]),
+                               int(self._episode_length[env])))
+      self._episode_return[done] = 0.0
+      self._episode_length[done] = 0
+      # Reset envs start a fresh stack; the others push the new frame.
+      self._frames = np.concatenate([self._frames[:, 1:], next_obs[:, None]],
+                                    axis=1)
+      if is_reset.any():
+        self._frames[is_reset] = next_obs[is_reset][:, None]
+      self._after_episode_end = done
+      self.env_steps += self._envs.num_envs

@@ -1,0 +1,149 @@
+"""Loading and checking configs: `--config FILE` plus `--config.key=value`.
+
+Follows ml_collections' conventions without absl: a config file defines
+`get_config() -> ConfigDict`; overrides are parsed to the type of the field
+they replace. Every problem raises `ConfigError` with one clear line.
+"""
+
+import ast
+import importlib.util
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def resolve_config_path(path: str) -> str:
+  """`lunar.py`, `lunar` or `configs/lunar.py` all name `configs/lunar.py`."""
+  candidates = [path, os.path.join(CONFIG_DIR, path),
+                os.path.join(CONFIG_DIR, path + ".py")]
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
+  available = sorted(f for f in os.listdir(CONFIG_DIR)
+                     if f.endswith(".py") and not f.startswith("_"))
+  raise ConfigError(f"config file {path!r} not found (available in configs/: "
+                    f"{', '.join(available)})")
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  path = resolve_config_path(path)
+  if REPO_ROOT not in sys.path:  # configs may import each other
+    sys.path.insert(0, REPO_ROOT)
+  spec = importlib.util.spec_from_file_location("_muesli_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config()")
+  config = module.get_config()
+  config.lock()  # unknown keys in overrides become errors
+  return config
+
+
+def _parse_value(key: str, text: str, current):
+  if isinstance(current, bool):
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key} expects true or false, got {text!r}")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise ConfigError(f"--config.{key}: cannot parse {text!r} as "
+                      f"{type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+    value = int(value)
+  if current is not None and not isinstance(value, type(current)):
+    raise ConfigError(f"--config.{key} expects {type(current).__name__}, "
+                      f"got {text!r}")
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[Tuple[str, str]]) -> None:
+  for key, text in overrides:
+    if key not in config:
+      close = [k for k in config.keys() if key.split("_")[0] in k][:5]
+      hint = f" (similar: {', '.join(close)})" if close else ""
+      raise ConfigError(f"unknown config key {key!r}{hint}")
+    with config.unlocked():
+      config[key] = _parse_value(key, text, config[key])
+
+
+def parse_args(argv: Sequence[str],
+               default: str = "lunar.py") -> ml_collections.ConfigDict:
+  """Parses `--config FILE` and `--config.KEY=VALUE` (or `--config.KEY VALUE`)."""
+  path: Optional[str] = None
+  overrides: List[Tuple[str, str]] = []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if arg in ("--config", "-c"):
+      if i + 1 >= len(args):
+        raise ConfigError("--config needs a file, e.g. --config lunar.py")
+      path = args[i + 1]
+      i += 2
+    elif arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+      i += 1
+    elif arg.startswith("--config."):
+      body = arg[len("--config."):]
+      if "=" in body:
+        key, text = body.split("=", 1)
+        i += 1
+      elif i + 1 < len(args):
+        key, text = body, args[i + 1]
+        i += 2
+      else:
+        raise ConfigError(f"{arg} needs a value, e.g. {arg}=...")
+      overrides.append((key, text))
+    else:
+      raise ConfigError(f"unexpected argument {arg!r}; use --config FILE and "
+                        "--config.KEY=VALUE")
+  config = load_config_file(path or default)
+  apply_overrides(config, overrides)
+  validate(config)
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values that would otherwise fail deep inside JAX or gymnasium."""
+  positive = ["learning_rate", "batch_size", "num_envs", "total_env_steps",
+              "sequence_length", "unroll_steps", "steps_per_update",
+              "replay_capacity", "hidden_size", "num_bins", "stack"]
+  for key in positive:
+    if key in config and not config[key] > 0:
+      raise ConfigError(f"{key} must be positive, got {config[key]}")
+  unit = ["discount", "replay_proportion", "target_update_rate",
+          "retrace_lambda", "adv_norm_decay"]
+  for key in unit:
+    if key in config and not 0.0 <= config[key] <= 1.0:
+      raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+  if config.value_target not in ("retrace", "nstep", "mc"):
+    raise ConfigError(f"value_target must be retrace, nstep or mc, got "
+                      f"{config.value_target!r}")
+  if config.value_min >= config.value_max:
+    raise ConfigError("value_min must be below value_max")
+  window = config.sequence_length + config.unroll_steps + 1
+  if config.replay_capacity < window + config.warmup_steps:
+    raise ConfigError(f"replay_capacity ({config.replay_capacity}) must hold "
+                      f"warmup_steps + one window ({window}) steps")
+  mix = (config.prior_mix_target + config.prior_mix_behaviour +
+         config.prior_mix_uniform)
+  if abs(mix - 1.0) > 1e-6:
+    raise ConfigError(f"prior_mix_* must sum to 1, got {mix}")

@@ -1,0 +1,143 @@
+"""The synchronous training loop: act, store, sample, update, log."""
+
+import collections
+import json
+import math
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from muesli_jax import checkpoint, envs as envs_lib, learner, networks as nets
+from muesli_jax.actor import Actor
+from muesli_jax.config import ConfigError
+from muesli_jax.replay import SequenceReplay
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def stacked_shape(spec: envs_lib.EnvSpec, stack: int):
+  """Vector observations stack features; pixels stack channels."""
+  shape = spec.observation_shape
+  if len(shape) == 1:
+    return (shape[0] * stack,)
+  return tuple(shape[:-1]) + (shape[-1] * stack,)
+
+
+def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
+  return nets.make_networks(
+      stacked_shape(spec, config.stack), spec.num_actions, config.num_bins, config.hidden_size,
+      config.num_blocks, config.head_size, config.torso, config.dynamics_core)
+
+
+def _shard(batch, num_devices: int):
+  """`[B, ...] -> [D, B/D, ...]` for pmap."""
+  return jax.tree.map(
+      lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+
+
+def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]:
+  """Trains per `config`; returns a summary (also written as summary.json)."""
+  if config.distributed:
+    jax.distributed.initialize()
+  num_devices = jax.local_device_count()
+  if config.batch_size % num_devices:
+    raise ConfigError(f"batch_size {config.batch_size} must be divisible by "
+                      f"the {num_devices} local devices")
+  run_name = run_name or f"{config.env_id.replace('/', '_')}_seed{config.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+  logdir = os.path.join(config.logdir, run_name)
+  os.makedirs(logdir, exist_ok=True)
+  with open(os.path.join(logdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+  envs = envs_lib.make_vector_env(config.env_id, config.num_envs, config.seed)
+  spec = envs_lib.env_spec(envs)
+  networks = build_networks(config, spec)
+  state = learner.init_state(networks, config, jax.random.PRNGKey(config.seed))
+  window = config.sequence_length + config.unroll_steps + 1
+  replay = SequenceReplay(config.replay_capacity, config.num_envs,
+                          stacked_shape(spec, config.stack),
+                          spec.observation_dtype, spec.num_actions, window,
+                          config.discount, config.value_target == "mc",
+                          config.seed)
+  actor = Actor(envs, networks, replay, config.stack, config.seed)
+
+  if num_devices > 1:
+    update = jax.pmap(learner.make_update(networks, config, learner.AXIS),
+                      axis_name=learner.AXIS, donate_argnums=0)
+    state = jax.tree.map(lambda x: jnp.stack([x] * num_devices), state)
+    acting_params = lambda s: jax.tree.map(lambda x: x[0], s.target_params)
+  else:
+    update = jax.jit(learner.make_update(networks, config), donate_argnums=0)
+    acting_params = lambda s: s.target_params
+
+  writer = SummaryWriter(logdir)
+  steps_per_iteration = config.num_envs * config.steps_per_update
+  recent = collections.deque(maxlen=100)
+  summary = dict(env_id=config.env_id, seed=config.seed, solved_at_steps=None,
+                 solved_at_seconds=None, updates=0, episodes=0, interrupted=False)
+  bar = tqdm.tqdm(total=config.total_env_steps, unit="step", disable=not progress,
+                  dynamic_ncols=True, mininterval=1.0)
+  start = time.time()
+  try:
+    while actor.env_steps < config.total_env_steps:
+      actor.step(acting_params(state), config.steps_per_update)
+      bar.update(steps_per_iteration)
+      for ret, length in actor.pop_episodes():
+        recent.append(ret)
+        summary["episodes"] += 1
+        writer.add_scalar("episode/return", ret, actor.env_steps)
+        writer.add_scalar("episode/length", length, actor.env_steps)
+      if (summary["solved_at_steps"] is None and len(recent) == 100 and
+          np.mean(recent) >= config.solve_return):
+        summary["solved_at_steps"] = actor.env_steps
+        summary["solved_at_seconds"] = time.time() - start
+      if replay.total_steps < config.warmup_steps + window:
+        continue
+
+      batch = replay.sample(config.batch_size, config.steps_per_update,
+                            config.replay_proportion)
+      if num_devices > 1:
+        batch = _shard(batch, num_devices)
+      state, metrics = update(state, batch)
+      summary["updates"] += 1
+      loss = float(metrics["loss"][0] if num_devices > 1 else metrics["loss"])
+      if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss became {loss} at update {summary['updates']} "
+            f"(env step {actor.env_steps}); stopping")
+      if summary["updates"] % config.log_interval == 0:
+        metrics = jax.device_get(metrics)
+        elapsed = time.time() - start
+        for key, value in metrics.items():
+          value = np.asarray(value)
+          writer.add_scalar(f"learner/{key}", float(value.reshape(-1)[0]),
+                            actor.env_steps)
+        writer.add_scalar("speed/env_steps_per_second",
+                          actor.env_steps / elapsed, actor.env_steps)
+        bar.set_postfix(sps=f"{actor.env_steps / elapsed:.0f}",
+                        ret100=f"{np.mean(recent):.1f}" if recent else "n/a",
+                        refresh=False)
+  except KeyboardInterrupt:
+    summary["interrupted"] = True
+    print("\ninterrupted: saving a checkpoint of the current state")
+  finally:
+    bar.close()
+    summary.update(env_steps=actor.env_steps, seconds=time.time() - start,
+                   mean_return_last_100=float(np.mean(recent)) if recent else None)
+    host_state = jax.tree.map(lambda x: x[0], state) if num_devices > 1 else state
+    summary["checkpoint"] = checkpoint.save(
+        os.path.join(logdir, "checkpoint"), host_state)
+    writer.close()
+    envs.close()
+    with open(os.path.join(logdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
