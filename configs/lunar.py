@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.value_weight = 0.25
   c.reward_weight = 1.0
   c.kl_weight = 1.0
+  c.entropy_weight = 0.0
   c.cmpo_clip = 1.0
   c.ratio_clip = 1.0
   c.adv_norm_decay = 0.99

@@ -212,8 +212,11 @@ def make_update(networks: MuesliNetworks, config,
     reward = jnp.sum(losses.categorical_loss(reward_logits, rewards_k, support)
                      * (valid[..., :K] + absorbing[..., :K]), -1) / K
 
+    # An optional entropy bonus (not in the paper) keeps exploration alive on
+    # small control tasks where the policy otherwise collapses early.
     total = (config.pg_weight * pg + config.model_weight * model_policy +
-             config.value_weight * value + config.reward_weight * reward)
+             config.value_weight * value + config.reward_weight * reward -
+             config.entropy_weight * extras["entropy"])
     metrics = dict(
         loss=mean(total), policy_loss=mean(pg), model_loss=mean(model_policy),
         value_loss=mean(value), reward_loss=mean(reward),

@@ -1,0 +1,133 @@
+"""Bad input to `scripts/train.py` and `muesli_jax.config.parse_args`."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from muesli_jax import config as config_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO_ROOT, "scripts", "train.py")
+
+
+def run_train(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, TRAIN, *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--config.env_id=NoSuchEnv-v0"], "NoSuchEnv-v0"),
+    (["--config.no_such_key=1"], "no_such_key"),
+    (["--config.learning_rate=0"], "learning_rate"),
+    (["--config.batch_size=-4"], "batch_size"),
+    (["--config", "nope.py"], "nope.py"),
+], ids=["unknown_env", "unknown_key", "zero_lr", "negative_batch",
+        "missing_file"])
+def test_cli_rejects_bad_input(args, names):
+  result = run_train(*args)
+  assert result.returncode != 0, result.stdout
+  assert "Traceback" not in result.stderr, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert lines, "nothing on stderr"
+  last = lines[-1]
+  assert last.startswith("error:"), result.stderr
+  assert names in last, last
+
+
+def test_cli_config_file_with_syntax_error(tmp_path):
+  # A config file that does not even parse is a config problem like any other:
+  # one `error:` line naming the file, not a traceback.
+  bad = tmp_path / "broken_config.py"
+  bad.write_text("def get_config(:\n")
+  result = run_train("--config", str(bad))
+  assert result.returncode != 0
+  assert "UnboundLocalError" not in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert lines[-1].startswith("error:") and "broken_config.py" in lines[-1]
+
+
+@pytest.fixture
+def in_repo_root(monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+
+
+@pytest.mark.parametrize("name", ["lunar.py", "configs/lunar.py", "lunar"])
+def test_config_file_resolves(in_repo_root, name):
+  config = config_lib.parse_args(["--config", name])
+  assert config.env_id == "LunarLander-v3"
+
+
+def test_config_file_resolves_outside_repo(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.parse_args(["--config", "lunar.py"])
+  assert config.env_id == "LunarLander-v3"
+
+
+def test_config_equals_form_and_default(in_repo_root):
+  assert config_lib.parse_args(["--config=cartpole.py"]).env_id == "CartPole-v1"
+  assert config_lib.parse_args([]).env_id == "LunarLander-v3"
+
+
+def test_float_override(in_repo_root):
+  config = config_lib.parse_args(["--config", "lunar.py",
+                                  "--config.learning_rate=1e-3"])
+  assert isinstance(config.learning_rate, float)
+  assert config.learning_rate == 1e-3
+  # an int literal for a float field becomes a float
+  config = config_lib.parse_args(["--config.learning_rate", "1"])
+  assert isinstance(config.learning_rate, float)
+  assert config.learning_rate == 1.0
+
+
+def test_bool_override(in_repo_root):
+  config = config_lib.parse_args(["--config", "lunar.py",
+                                  "--config.lr_decay=false"])
+  assert config.lr_decay is False
+  config = config_lib.parse_args(["--config.lr_decay=True"])
+  assert config.lr_decay is True
+  with pytest.raises(config_lib.ConfigError):
+    config_lib.parse_args(["--config.lr_decay=maybe"])
+
+
+def test_int_override(in_repo_root):
+  config = config_lib.parse_args(["--config.batch_size=64"])
+  assert config.batch_size == 64 and isinstance(config.batch_size, int)
+  with pytest.raises(config_lib.ConfigError, match="batch_size"):
+    config_lib.parse_args(["--config.batch_size=2.5"])
+  with pytest.raises(config_lib.ConfigError, match="batch_size"):
+    config_lib.parse_args(["--config.batch_size=abc"])
+
+
+@pytest.mark.parametrize("override", ["--config.batch_size=True",
+                                      "--config.seed=False"])
+def test_bool_literal_for_int_field_raises(in_repo_root, override):
+  # bool is a subclass of int in Python, but `True` is not a batch size.
+  with pytest.raises(config_lib.ConfigError):
+    config_lib.parse_args([override])
+
+
+def test_string_override(in_repo_root):
+  config = config_lib.parse_args(["--config.value_target=nstep"])
+  assert config.value_target == "nstep"
+  with pytest.raises(config_lib.ConfigError, match="value_target"):
+    config_lib.parse_args(["--config.value_target=td"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--config.no_such_key=1"], "no_such_key"),
+    (["--config", "nope.py"], "nope.py"),
+    (["--config"], "--config"),
+    (["--config.batch_size"], "batch_size"),
+    (["stray"], "stray"),
+    (["--config.discount=1.5"], "discount"),
+    (["--config.value_min=40.0"], "value_min"),
+    (["--config.prior_mix_uniform=0.5"], "prior_mix"),
+    (["--config.replay_capacity=10"], "replay_capacity"),
+])
+def test_parse_args_errors(in_repo_root, argv, match):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.parse_args(argv)
