@@ -6,6 +6,7 @@ they replace. Every problem raises `ConfigError` with one clear line.
 """
 
 import ast
+import difflib
 import importlib.util
 import os
 import sys
@@ -23,7 +24,8 @@ class ConfigError(ValueError):
 
 def resolve_config_path(path: str) -> str:
   """`lunar.py`, `lunar` or `configs/lunar.py` all name `configs/lunar.py`."""
-  candidates = [path, os.path.join(CONFIG_DIR, path),
+  candidates = [path, os.path.join(REPO_ROOT, path),
+                os.path.join(CONFIG_DIR, path),
                 os.path.join(CONFIG_DIR, path + ".py")]
   for candidate in candidates:
     if os.path.isfile(candidate):
@@ -40,10 +42,18 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     sys.path.insert(0, REPO_ROOT)
   spec = importlib.util.spec_from_file_location("_muesli_config", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"{path} defines no get_config()")
-  config = module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"{path} defines no get_config()")
+    config = module.get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # A broken config file: say where, not a traceback.
+    raise ConfigError(f"cannot load config file {path}: "
+                      f"{type(e).__name__}: {e}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() must return a ConfigDict")
   config.lock()  # unknown keys in overrides become errors
   return config
 
@@ -67,6 +77,9 @@ def _parse_value(key: str, text: str, current):
     value = float(value)
   if isinstance(current, int) and isinstance(value, float) and value.is_integer():
     value = int(value)
+  if isinstance(value, bool) and not isinstance(current, bool):
+    raise ConfigError(f"--config.{key} expects {type(current).__name__}, "
+                      f"got {text!r}")
   if current is not None and not isinstance(value, type(current)):
     raise ConfigError(f"--config.{key} expects {type(current).__name__}, "
                       f"got {text!r}")
@@ -77,7 +90,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Sequence[Tuple[str, str]]) -> None:
   for key, text in overrides:
     if key not in config:
-      close = [k for k in config.keys() if key.split("_")[0] in k][:5]
+      close = difflib.get_close_matches(key, list(config.keys()), n=3)
       hint = f" (similar: {', '.join(close)})" if close else ""
       raise ConfigError(f"unknown config key {key!r}{hint}")
     with config.unlocked():

@@ -52,12 +52,11 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
     raise ConfigError(f"batch_size {config.batch_size} must be divisible by "
                       f"the {num_devices} local devices")
   run_name = run_name or f"{config.env_id.replace('/', '_')}_seed{config.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+  envs = envs_lib.make_vector_env(config.env_id, config.num_envs, config.seed)
   logdir = os.path.join(config.logdir, run_name)
   os.makedirs(logdir, exist_ok=True)
   with open(os.path.join(logdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
-
-  envs = envs_lib.make_vector_env(config.env_id, config.num_envs, config.seed)
   spec = envs_lib.env_spec(envs)
   networks = build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(config.seed))
@@ -131,7 +130,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
   finally:
     bar.close()
     summary.update(env_steps=actor.env_steps, seconds=time.time() - start,
-                   mean_return_last_100=float(np.mean(recent)) if recent else None)
+                   mean_return_last_100=float(np.mean(recent)) if recent else None,
+                   returns_last_100=[float(r) for r in recent])
     host_state = jax.tree.map(lambda x: x[0], state) if num_devices > 1 else state
     summary["checkpoint"] = checkpoint.save(
         os.path.join(logdir, "checkpoint"), host_state)

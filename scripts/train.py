@@ -5,6 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from muesli_jax import envs, training  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args  # noqa: E402
 from muesli_jax.envs import UnknownEnvError  # noqa: E402
 
@@ -15,7 +16,6 @@ def main(argv) -> int:
     return 0
   try:
     config = parse_args(argv)
-    from muesli_jax import envs, training
     envs.check_env_id(config.env_id)
     summary = training.train(config)
   except (ConfigError, UnknownEnvError) as e:
