@@ -18,12 +18,10 @@ Array = chex.Array
 
 
 def scale_hidden(hidden: Array) -> Array:
-  """Min-max scales `[..., H]` (or `[..., h, w, c]` via flattening) to [-1, 1]."""
-  flat = hidden.reshape(hidden.shape[:1] + (-1,)) if hidden.ndim > 2 else hidden
-  lo = jnp.min(flat, axis=-1, keepdims=True)
-  hi = jnp.max(flat, axis=-1, keepdims=True)
-  scaled = 2.0 * (flat - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
-  return scaled.reshape(hidden.shape)
+  """Min-max scales each example's features `[..., H]` to [-1, 1]."""
+  lo = jnp.min(hidden, axis=-1, keepdims=True)
+  hi = jnp.max(hidden, axis=-1, keepdims=True)
+  return 2.0 * (hidden - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
 
 
 def scale_gradient(x: Array, scale: float) -> Array:

@@ -78,6 +78,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
     acting_params = lambda s: s.target_params
 
   writer = SummaryWriter(logdir)
+  episodes_csv = open(os.path.join(logdir, "episodes.csv"), "w")
+  episodes_csv.write("env_steps,seconds,return,length\n")
   steps_per_iteration = config.num_envs * config.steps_per_update
   recent = collections.deque(maxlen=100)
   summary = dict(env_id=config.env_id, seed=config.seed, solved_at_steps=None,
@@ -94,6 +96,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
         summary["episodes"] += 1
         writer.add_scalar("episode/return", ret, actor.env_steps)
         writer.add_scalar("episode/length", length, actor.env_steps)
+        episodes_csv.write(f"{actor.env_steps},{time.time() - start:.1f},"
+                           f"{ret:.2f},{length}\n")
       if (summary["solved_at_steps"] is None and len(recent) == 100 and
           np.mean(recent) >= config.solve_return):
         summary["solved_at_steps"] = actor.env_steps
@@ -136,6 +140,7 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
     summary["checkpoint"] = checkpoint.save(
         os.path.join(logdir, "checkpoint"), host_state)
     writer.close()
+    episodes_csv.close()
     envs.close()
     with open(os.path.join(logdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
