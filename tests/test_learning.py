@@ -15,3 +15,31 @@ def test_cartpole_learns(tmp_path):
   assert len(last_20) == 20
   assert np.mean(last_20) >= 400.0, summary["returns_last_100"]
   assert (tmp_path / "cartpole" / "checkpoint").is_dir()
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
+  from muesli_jax import learner
+
+  real_make_update = learner.make_update
+
+  def poisoned_make_update(*args, **kwargs):
+    update = real_make_update(*args, **kwargs)
+
+    def nan_update(state, batch):
+      state, metrics = update(state, batch)
+      return state, dict(metrics, loss=metrics["loss"] * float("nan"))
+
+    return nan_update
+
+  monkeypatch.setattr(learner, "make_update", poisoned_make_update)
+  config = cartpole.get_config()
+  config.total_env_steps = 2_000
+  config.logdir = str(tmp_path)
+  try:
+    training.train(config, run_name="nan", progress=False)
+  except training.NonFiniteLossError as e:
+    assert "update 1" in str(e)
+  else:
+    raise AssertionError("a NaN loss did not stop training")
+  # What was trained so far is still saved.
+  assert (tmp_path / "nan" / "checkpoint").is_dir()

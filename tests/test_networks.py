@@ -1,0 +1,55 @@
+"""Network shapes, hidden-state scaling and the dynamics gradient scale."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from muesli_jax import networks as nets
+
+
+@pytest.mark.parametrize("torso,core,obs_shape", [
+    ("mlp", "mlp", (8,)), ("mlp", "lstm", (8,)), ("conv", "lstm", (16, 16, 6)),
+])
+def test_shapes_and_hidden_range(torso, core, obs_shape):
+  n = nets.make_networks(obs_shape, num_actions=3, num_bins=11, hidden_size=16,
+                         num_blocks=1, head_size=8, torso=torso,
+                         dynamics_core=core)
+  params = n.init(jax.random.PRNGKey(0))
+  obs = jax.random.uniform(jax.random.PRNGKey(1), (5,) + obs_shape) * 255.0
+  hidden = n.represent(params, obs)
+  assert hidden.ndim == 2 and hidden.shape[0] == 5
+  assert float(hidden.min()) >= -1.0 - 1e-6 and float(hidden.max()) <= 1.0 + 1e-6
+  out = n.predict(params, hidden)
+  assert out.policy_logits.shape == (5, 3) and out.value_logits.shape == (5, 11)
+  nxt, reward_logits = n.dynamics(params, hidden, jnp.array([0, 1, 2, 0, 1]))
+  assert nxt.shape == hidden.shape and reward_logits.shape == (5, 11)
+  outk, rewards = n.unroll(params, hidden, jnp.zeros((5, 4), jnp.int32))
+  assert outk.policy_logits.shape == (5, 4, 3)
+  assert outk.value_logits.shape == (5, 4, 11) and rewards.shape == (5, 4, 11)
+
+
+def test_unroll_matches_repeated_dynamics():
+  n = nets.make_networks((4,), 2, 7, hidden_size=8, num_blocks=1, head_size=8)
+  params = n.init(jax.random.PRNGKey(0))
+  hidden = n.represent(params, jnp.ones((3, 4)))
+  actions = jnp.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])
+  outk, rewards = n.unroll(params, hidden, actions)
+  h = hidden
+  for k in range(3):
+    h, r = n.dynamics(params, h, actions[:, k])
+    np.testing.assert_allclose(rewards[:, k], r, atol=1e-6)
+    np.testing.assert_allclose(outk.policy_logits[:, k],
+                               n.predict(params, h).policy_logits, atol=1e-6)
+
+
+def test_scale_gradient_halves_gradient_only():
+  x = jnp.array([1.0, -2.0])
+  np.testing.assert_allclose(nets.scale_gradient(x, 0.5), x)
+  grad = jax.grad(lambda v: jnp.sum(nets.scale_gradient(v, 0.5) * 3.0))(x)
+  np.testing.assert_allclose(grad, [1.5, 1.5])
+
+
+def test_scale_hidden_maps_min_to_minus_one_and_max_to_one():
+  h = nets.scale_hidden(jnp.array([[2.0, 4.0, 3.0]]))
+  np.testing.assert_allclose(h, [[-1.0, 1.0, 0.0]])
