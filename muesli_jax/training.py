@@ -79,7 +79,7 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
 
   writer = SummaryWriter(logdir)
   episodes_csv = open(os.path.join(logdir, "episodes.csv"), "w")
-  episodes_csv.write("env_steps,seconds,return,length\n")
+  episodes_csv.write("env_steps,seconds,episode_return,length\n")
   steps_per_iteration = config.num_envs * config.steps_per_update
   recent = collections.deque(maxlen=100)
   summary = dict(env_id=config.env_id, seed=config.seed, solved_at_steps=None,
@@ -123,6 +123,7 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
           value = np.asarray(value)
           writer.add_scalar(f"learner/{key}", float(value.reshape(-1)[0]),
                             actor.env_steps)
+        episodes_csv.flush()
         writer.add_scalar("speed/env_steps_per_second",
                           actor.env_steps / elapsed, actor.env_steps)
         bar.set_postfix(sps=f"{actor.env_steps / elapsed:.0f}",

@@ -31,7 +31,8 @@ def main():
   for run in args.runs:
     data = np.genfromtxt(os.path.join(run, "episodes.csv"), delimiter=",",
                          names=True)
-    ax.plot(data["env_steps"], rolling_mean(data["return"]),
+    returns = data[data.dtype.names[2]]  # "return" (older runs) or "episode_return"
+    ax.plot(data["env_steps"], rolling_mean(returns),
             label=os.path.basename(os.path.normpath(run)))
   ax.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
   ax.set_xlabel("env steps")
