@@ -135,7 +135,8 @@ def make_update(networks: MuesliNetworks, config,
               batch.mask[:, 1:])
     elif value_target == "nstep":
       returns = jax.vmap(losses.nstep_targets)(
-          v_prior[:, 1:], batch.reward[:, :-1], discount_t[:, :-1])
+          v_prior[:, 1:], batch.reward[:, :-1], discount_t[:, :-1],
+          batch.mask[:, 1:])
     else:
       returns = batch.mc_return[:, :-1]
     # returns: [B, W-1] targets for steps 0..T+K-1.

@@ -279,20 +279,28 @@ def retrace_targets(
   return jax.lax.stop_gradient(returns)
 
 
-def nstep_targets(v_t: Array, r_t: Array, discount_t: Array) -> Array:
+def nstep_targets(v_t: Array, r_t: Array, discount_t: Array,
+                  trace_mask_t: Optional[Array] = None) -> Array:
   """Uncorrected multi-step returns to the end of the sequence.
 
-  `G_s = r_s + γ_s G_{s+1}`, bootstrapped with `v` at the last time.
+  `G_s = r_s + γ_s G_{s+1}`, bootstrapped with `v` at the last time, and
+  with `v_{s+1}` wherever `trace_mask_t` cuts the sequence (e.g. at the
+  final observation of a truncated episode).
 
   Args:
-    v_t: `[T]` values at times 1..T (only the last is used).
+    v_t: `[T]` values at times 1..T.
     r_t: `[T]` rewards of transitions 0..T-1.
     discount_t: `[T]` discounts of transitions 0..T-1.
+    trace_mask_t: optional `[T]`, 0 at times 1..T where the return is cut
+      and bootstrapped.
 
   Returns:
     `[T]` targets for the states at times 0..T-1, without gradient.
   """
   chex.assert_rank([v_t, r_t, discount_t], 1)
   chex.assert_equal_shape([v_t, r_t, discount_t])
-  return rlax.discounted_returns(r_t, discount_t, v_t[-1],
-                                 stop_target_gradients=True)
+  if trace_mask_t is None:
+    trace_mask_t = jnp.ones_like(v_t)
+  chex.assert_equal_shape([v_t, trace_mask_t])
+  return rlax.lambda_returns(r_t, discount_t, v_t, trace_mask_t,
+                             stop_target_gradients=True)

@@ -68,13 +68,23 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
                           config.seed)
   actor = Actor(envs, networks, replay, config.stack, config.seed)
 
+  traces = []  # One entry per trace of the update: it must compile once.
+
+  def counted(update_fn):
+    def traced_update(state, batch):
+      traces.append(1)
+      return update_fn(state, batch)
+    return traced_update
+
   if num_devices > 1:
-    update = jax.pmap(learner.make_update(networks, config, learner.AXIS),
-                      axis_name=learner.AXIS, donate_argnums=0)
+    update = jax.pmap(
+        counted(learner.make_update(networks, config, learner.AXIS)),
+        axis_name=learner.AXIS, donate_argnums=0)
     state = jax.tree.map(lambda x: jnp.stack([x] * num_devices), state)
     acting_params = lambda s: jax.tree.map(lambda x: x[0], s.target_params)
   else:
-    update = jax.jit(learner.make_update(networks, config), donate_argnums=0)
+    update = jax.jit(counted(learner.make_update(networks, config)),
+                     donate_argnums=0)
     acting_params = lambda s: s.target_params
 
   writer = SummaryWriter(logdir)
@@ -135,6 +145,7 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
   finally:
     bar.close()
     summary.update(env_steps=actor.env_steps, seconds=time.time() - start,
+                   update_compilations=len(traces),
                    mean_return_last_100=float(np.mean(recent)) if recent else None,
                    returns_last_100=[float(r) for r in recent])
     host_state = jax.tree.map(lambda x: x[0], state) if num_devices > 1 else state

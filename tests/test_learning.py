@@ -15,6 +15,7 @@ def test_cartpole_learns(tmp_path):
   assert len(last_20) == 20
   assert np.mean(last_20) >= 400.0, summary["returns_last_100"]
   assert (tmp_path / "cartpole" / "checkpoint").is_dir()
+  assert summary["update_compilations"] == 1  # no re-tracing during a run
 
 
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):

@@ -1,0 +1,360 @@
+"""Measures the speed of the env, the actor and the learner; optionally a solve.
+
+`python scripts/benchmark.py --config lunar.py --out bench.json [--config.KEY=VALUE ...]
+    [--reps 5] [--seconds 3] [--solve THRESHOLD] [--solve-budget 300000]`
+
+Figures (each measured `--reps` times for `--seconds`; median, min, max):
+  raw env steps/s     the config's vector env with random actions
+  actor env steps/s   the real `Actor` filling a `SequenceReplay`
+  actor / raw         per repetition (raw and actor runs alternate)
+  learner updates/s   the jitted update on batches from `replay.sample`
+                      (sampling included), and on one fixed batch
+  update compilations traces of the update in the learner figures (must be 1)
+With `--solve THRESHOLD`, one end-to-end `training.train` run of at most
+`--solve-budget` env steps that records when the mean return of the last 100
+episodes first reaches THRESHOLD. Its logdir is a temporary folder, removed
+afterwards, unless `--config.logdir` is given.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jaxlib  # noqa: E402
+
+from muesli_jax import envs as envs_lib, learner, training  # noqa: E402
+from muesli_jax.actor import Actor  # noqa: E402
+from muesli_jax.config import ConfigError, parse_args  # noqa: E402
+from muesli_jax.replay import SequenceReplay  # noqa: E402
+
+
+def parse_options(argv):
+  """Benchmark options; everything else is left for `parse_args`."""
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False)  # `--s` must not swallow a config argument
+  parser.add_argument("--out", default="bench.json", help="JSON results file")
+  parser.add_argument("--reps", type=int, default=5,
+                      help="repetitions of each figure (default 5)")
+  parser.add_argument("--seconds", type=float, default=3.0,
+                      help="wall-clock seconds per repetition (default 3)")
+  parser.add_argument("--solve", type=float, default=None, metavar="THRESHOLD",
+                      help="also train end to end until this mean return")
+  parser.add_argument("--solve-budget", type=int, default=300_000,
+                      help="env steps for the --solve run (default 300000)")
+  options, config_args = parser.parse_known_args(argv)
+  if options.reps < 1:
+    raise ConfigError(f"--reps must be at least 1, got {options.reps}")
+  if not options.seconds > 0:
+    raise ConfigError(f"--seconds must be positive, got {options.seconds}")
+  if options.solve_budget < 1:
+    raise ConfigError(f"--solve-budget must be positive, got "
+                      f"{options.solve_budget}")
+  return options, config_args
+
+
+# Measurements. Each `measure_*` runs one repetition and returns a rate.
+
+
+def timed_loop(step, seconds: float, finish=lambda: None):
+  """Calls `step()` (which returns a count) until `seconds` have passed.
+
+  Returns `count / elapsed`; `finish()` runs before the clock stops (to wait
+  for asynchronous device work).
+  """
+  count = 0
+  start = time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += step()
+  finish()
+  return count / (time.perf_counter() - start)
+
+
+def measure_raw_env(envs, seconds: float) -> float:
+  """Env steps/s of the vector env alone, with random actions."""
+  def step():
+    envs.step(envs.action_space.sample())
+    return envs.num_envs
+  return timed_loop(step, seconds)
+
+
+def measure_actor(actor: Actor, params, seconds: float) -> float:
+  """Env steps/s of the actor: policy, env step and replay writes."""
+  def step():
+    before = actor.env_steps
+    actor.step(params, 1)
+    actor.pop_episodes()  # As training does; keeps the list short.
+    return actor.env_steps - before
+  return timed_loop(step, seconds)
+
+
+class LearnerBench:
+  """The jitted update as training runs it, with a trace counter."""
+
+  def __init__(self, config, networks, replay: SequenceReplay, state):
+    self.traces = []  # One entry per trace of the update (training.py's way).
+
+    def counted(update_fn):
+      def traced_update(state, batch):
+        self.traces.append(1)
+        return update_fn(state, batch)
+      return traced_update
+
+    self._update = jax.jit(counted(learner.make_update(networks, config)),
+                           donate_argnums=0)
+    self._config = config
+    self._replay = replay
+    self.state = state
+
+  def sample(self):
+    c = self._config
+    return self._replay.sample(c.batch_size, c.steps_per_update,
+                               c.replay_proportion)
+
+  def update(self, batch) -> int:
+    self.state, metrics = self._update(self.state, batch)
+    # training.py reads the loss back after every update (its NaN check),
+    # which waits for the update; do the same so the rate matches training.
+    float(metrics["loss"])
+    return 1
+
+  def finish(self):
+    jax.block_until_ready(self.state)
+
+  def measure(self, seconds: float, fixed_batch=None) -> float:
+    """Updates/s; batches come from `replay.sample` unless one is fixed."""
+    if fixed_batch is None:
+      step = lambda: self.update(self.sample())
+    else:
+      step = lambda: self.update(fixed_batch)
+    return timed_loop(step, seconds, self.finish)
+
+
+def summarize(values, unit: str, note: str = ""):
+  """Median, min and max of `values` (None for all three when empty)."""
+  if not values:
+    return dict(median=None, min=None, max=None, unit=unit, reps=0,
+                values=[], note=note + " (not reached)")
+  return dict(median=statistics.median(values), min=min(values),
+              max=max(values), unit=unit, reps=len(values),
+              values=list(values), note=note)
+
+
+def run_speed_figures(config, reps: int, seconds: float):
+  """Figures 1-5. Raw and actor repetitions alternate, so do the two learner
+  variants: a slowdown from other load hits both halves of each ratio."""
+  seed = config.seed
+  raw_envs = envs_lib.make_vector_env(config.env_id, config.num_envs, seed)
+  actor_envs = envs_lib.make_vector_env(config.env_id, config.num_envs, seed)
+  spec = envs_lib.env_spec(actor_envs)
+  networks = training.build_networks(config, spec)
+  state = learner.init_state(networks, config, jax.random.PRNGKey(seed))
+  window = config.sequence_length + config.unroll_steps + 1
+  replay = SequenceReplay(config.replay_capacity, config.num_envs,
+                          training.stacked_shape(spec, config.stack),
+                          spec.observation_dtype, spec.num_actions, window,
+                          config.discount, config.value_target == "mc", seed)
+  actor = Actor(actor_envs, networks, replay, config.stack, seed)
+  params = state.target_params  # Acting params before any update.
+
+  # Warm-up: compiles the policy step; fills the replay as far as training
+  # fills it before its first update.
+  raw_envs.step(raw_envs.action_space.sample())
+  start = time.perf_counter()
+  actor.step(params, config.warmup_steps + window)
+  prefill_seconds = time.perf_counter() - start
+
+  raw, acting, ratio = [], [], []
+  for rep in range(reps):
+    raw.append(measure_raw_env(raw_envs, seconds))
+    acting.append(measure_actor(actor, params, seconds))
+    ratio.append(acting[-1] / raw[-1])
+    print(f"  env rep {rep + 1}/{reps}: raw {raw[-1]:.0f}, actor "
+          f"{acting[-1]:.0f} env steps/s", flush=True)
+  raw_envs.close()
+
+  # The learner: warm-up (compilation) once, then sampled and fixed batches.
+  bench = LearnerBench(config, networks, replay, state)
+  fixed_batch = bench.sample()
+  start = time.perf_counter()
+  bench.update(fixed_batch)
+  bench.finish()
+  compile_seconds = time.perf_counter() - start
+  print(f"  learner warm-up (compilation): {compile_seconds:.1f} s", flush=True)
+  sampled, fixed = [], []
+  for rep in range(reps):
+    sampled.append(bench.measure(seconds))
+    fixed.append(bench.measure(seconds, fixed_batch))
+    print(f"  learner rep {rep + 1}/{reps}: {sampled[-1]:.1f} updates/s "
+          f"sampled, {fixed[-1]:.1f} fixed batch", flush=True)
+  actor_envs.close()
+
+  per_update = config.batch_size * config.sequence_length
+  figures = {
+      "raw env steps/s": summarize(raw, "env steps/s", "random actions"),
+      "actor env steps/s": summarize(acting, "env steps/s",
+                                     "policy + env + replay"),
+      "actor / raw": summarize(ratio, "ratio", "per rep; target >= 0.5"),
+      "learner updates/s (sampled)": summarize(
+          sampled, "updates/s", "replay.sample + update"),
+      "learner samples/s (sampled)": summarize(
+          [r * per_update for r in sampled], "samples/s",
+          f"x {config.batch_size}x{config.sequence_length} positions"),
+      "learner updates/s (fixed batch)": summarize(
+          fixed, "updates/s", "update only"),
+      "learner samples/s (fixed batch)": summarize(
+          [r * per_update for r in fixed], "samples/s",
+          f"x {config.batch_size}x{config.sequence_length} positions"),
+  }
+  compilations = len(bench.traces)
+  figures["update compilations"] = summarize(
+      [compilations], "count", "must be 1" + ("" if compilations == 1
+                                              else "  <-- RETRACED"))
+  extras = dict(prefill_vector_steps=config.warmup_steps + window,
+                prefill_seconds=prefill_seconds,
+                update_warmup_seconds=compile_seconds,
+                replay_megabytes=replay.nbytes() / 2**20)
+  return figures, compilations, extras
+
+
+def run_solve(config, threshold: float, budget: int, config_args):
+  """Figure 6: one end-to-end training run."""
+  config = config.copy_and_resolve_references()
+  config.total_env_steps = budget
+  config.solve_return = threshold
+  own_logdir = any(a.startswith("--config.logdir") for a in config_args)
+  with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
+    if not own_logdir:
+      config.logdir = tmp
+    summary = training.train(config, progress=False)
+
+  def one(key):
+    return [] if summary[key] is None else [summary[key]]
+
+  figures = {
+      "solved at env steps": summarize(
+          one("solved_at_steps"), "env steps",
+          f"1 run; mean of last 100 >= {threshold:g}"),
+      "solved at seconds": summarize(
+          one("solved_at_seconds"), "s", "1 run, compilation included"),
+      "final mean return (last 100)": summarize(
+          one("mean_return_last_100"), "return",
+          f"1 run, {summary['episodes']} episodes"),
+      "total training seconds": summarize(
+          one("seconds"), "s", f"1 run, {summary['env_steps']} env steps, "
+          "compilation included"),
+      "solve run update compilations": summarize(
+          one("update_compilations"), "count",
+          f"1 run, {summary['updates']} updates; must be "
+          f"{1 if summary['updates'] else 0}"),
+  }
+  if not own_logdir:
+    summary.pop("checkpoint")  # It was in the removed temporary folder.
+  return figures, summary
+
+
+# Reporting.
+
+
+def machine_info():
+  processor = platform.processor()
+  if not processor or processor in ("x86_64", "aarch64"):
+    try:
+      with open("/proc/cpuinfo") as f:
+        names = [l.split(":", 1)[1].strip() for l in f
+                 if l.startswith("model name")]
+      processor = names[0] if names else processor
+    except OSError:
+      pass
+  return dict(processor=processor, machine=platform.machine(),
+              cpu_count=os.cpu_count(), platform=platform.platform(),
+              python=platform.python_version(), jax=jax.__version__,
+              jaxlib=jaxlib.__version__,
+              devices=[str(d) for d in jax.devices()])
+
+
+def format_number(x):
+  if x is None:
+    return "n/a"
+  if abs(x) >= 100 or float(x).is_integer():
+    return f"{x:,.0f}"
+  return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def print_table(figures):
+  rows = [("figure", "median", "min", "max", "unit", "note")]
+  for name, f in figures.items():
+    rows.append((name, format_number(f["median"]), format_number(f["min"]),
+                 format_number(f["max"]), f["unit"], f["note"]))
+  widths = [max(len(r[i]) for r in rows) for i in range(5)]
+  for i, row in enumerate(rows):
+    cells = [row[0].ljust(widths[0])]
+    cells += [row[j].rjust(widths[j]) for j in (1, 2, 3)]
+    cells += [row[4].ljust(widths[4]), row[5]]
+    print("  ".join(cells).rstrip())
+    if i == 0:
+      print("  ".join("-" * w for w in widths) + "  " + "-" * 4)
+
+
+def main(argv) -> int:
+  try:
+    options, config_args = parse_options(argv)
+    config = parse_args(config_args)
+    envs_lib.check_env_id(config.env_id)
+  except (ConfigError, envs_lib.UnknownEnvError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  machine = machine_info()
+  print(f"machine: {machine['processor']} ({machine['cpu_count']} CPUs), "
+        f"devices: {', '.join(machine['devices'])}, jax {machine['jax']}")
+  print(f"config: {config.env_id}, {config.num_envs} envs, batch "
+        f"{config.batch_size}x{config.sequence_length}, "
+        f"{options.reps} reps x {options.seconds:g} s per figure", flush=True)
+
+  results = dict(command=[sys.executable] + sys.argv, machine=machine,
+                 options=vars(options), config=config.to_dict(),
+                 started=time.strftime("%Y-%m-%d %H:%M:%S"))
+  figures, compilations, extras = run_speed_figures(
+      config, options.reps, options.seconds)
+  results["warmup"] = extras
+  problems = [] if compilations == 1 else [
+      f"the update was traced {compilations} times, not once"]
+  if options.solve is not None:
+    print(f"solve: training up to {options.solve_budget} env steps until the "
+          f"mean return of the last 100 episodes reaches {options.solve:g} "
+          "(one run)", flush=True)
+    try:
+      solve_figures, results["solve_summary"] = run_solve(
+          config, options.solve, options.solve_budget, config_args)
+    except training.NonFiniteLossError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    figures.update(solve_figures)
+    solve = results["solve_summary"]
+    expected = 1 if solve["updates"] else 0  # A tiny budget may not update.
+    if solve["update_compilations"] != expected:
+      problems.append(f"the update was traced {solve['update_compilations']} "
+                      "times in the solve run, not once")
+  results["figures"] = figures
+
+  print()
+  print_table(figures)
+  with open(options.out, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"\nwrote {options.out}")
+  for problem in problems:
+    print(f"error: {problem}", file=sys.stderr)
+  return 1 if problems else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
