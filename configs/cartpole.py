@@ -12,10 +12,7 @@ def get_config():
   c.hidden_size = 64
   c.head_size = 64
   c.num_blocks = 1
-  c.steps_per_update = 2
-  c.learning_rate = 3e-4
   c.discount = 0.99
-  c.value_target = "retrace"
   c.entropy_weight = 0.0
   c.solve_return = 475.0
   return c

@@ -8,7 +8,7 @@ from muesli_jax import training
 
 def test_cartpole_learns(tmp_path):
   config = cartpole.get_config()
-  config.total_env_steps = 40_000
+  config.total_env_steps = 50_000
   config.logdir = str(tmp_path)
   summary = training.train(config, run_name="cartpole", progress=False)
   last_20 = summary["returns_last_100"][-20:]
