@@ -27,9 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.replay_proportion = 0.75
   c.warmup_steps = 64  # vector-env steps before the first update
   # Targets and losses.
-  # retrace | nstep | mc. On LunarLander uncorrected n-step returns learned
-  # faster than Retrace in our runs (docs/results.md); Retrace is the paper's.
-  c.value_target = "nstep"
+  c.value_target = "retrace"  # retrace | nstep | mc
   c.retrace_lambda = 0.95
   c.pg_weight = 1.0
   c.model_weight = 1.0

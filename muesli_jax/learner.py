@@ -126,7 +126,13 @@ def make_update(networks: MuesliNetworks, config,
 
     discount_t = config.discount * batch.discount
     if value_target == "retrace":
-      q_taken = jnp.take_along_axis(q_prior, batch.action[..., None], -1)[..., 0]
+      # Retrace assumes v = E_pi[q]; the model's q and the value head need
+      # not agree, and a gap between them compounds along the trace. Shift q
+      # per state so that its mean under the prior policy is v.
+      pi_prior = jax.nn.softmax(prior.policy_logits)
+      q_consistent = q_prior + (v_prior - jnp.sum(pi_prior * q_prior, -1))[..., None]
+      q_taken = jnp.take_along_axis(q_consistent, batch.action[..., None],
+                                    -1)[..., 0]
       returns = jax.vmap(lambda q, v, r, d, pi, mu, a, m: losses.retrace_targets(
           q, v, r, d, pi, mu, a, config.retrace_lambda, trace_mask_t=m))(
               q_taken[:, 1:], v_prior[:, 1:], batch.reward[:, :-1],
