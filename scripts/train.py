@@ -1,6 +1,7 @@
 """Trains Muesli: `python scripts/train.py --config lunar.py [--config.KEY=VALUE ...]`."""
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -10,7 +11,15 @@ from muesli_jax.config import ConfigError, parse_args  # noqa: E402
 from muesli_jax.envs import UnknownEnvError  # noqa: E402
 
 
+def _stop(signum, frame):
+  raise KeyboardInterrupt  # train() saves a checkpoint and the logs, then exits
+
+
 def main(argv) -> int:
+  # Ctrl-C and SIGTERM (e.g. from a job scheduler) both stop cleanly, even
+  # when the shell started us in the background with SIGINT ignored.
+  signal.signal(signal.SIGINT, _stop)
+  signal.signal(signal.SIGTERM, _stop)
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
@@ -35,7 +44,7 @@ def main(argv) -> int:
         f"{'n/a' if mean is None else f'{mean:.1f}'} "
         f"({summary['episodes']} episodes, {summary['env_steps']} env steps, "
         f"{summary['seconds']:.0f} s)")
-  return 0
+  return 130 if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":
