@@ -54,5 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.logdir = "runs"
   c.log_interval = 50  # updates between TensorBoard writes
   c.solve_return = 200.0  # reported when the mean of the last 100 reaches it
+  c.stop_when_solved = False
   c.distributed = False  # jax.distributed.initialize() for multi-host runs
   return c

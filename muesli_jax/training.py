@@ -112,6 +112,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
           np.mean(recent) >= config.solve_return):
         summary["solved_at_steps"] = actor.env_steps
         summary["solved_at_seconds"] = time.time() - start
+        if config.stop_when_solved:
+          break
       if replay.total_steps < config.warmup_steps + window:
         continue
 

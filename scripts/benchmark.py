@@ -1,7 +1,7 @@
 """Measures the speed of the env, the actor and the learner; optionally a solve.
 
 `python scripts/benchmark.py --config lunar.py --out bench.json [--config.KEY=VALUE ...]
-    [--reps 5] [--seconds 3] [--solve THRESHOLD] [--solve-budget 300000]`
+    [--reps 5] [--seconds 3] [--solve THRESHOLD] [--solve-budget STEPS]`
 
 Figures (each measured `--reps` times for `--seconds`; median, min, max):
   raw env steps/s     the config's vector env with random actions
@@ -48,14 +48,15 @@ def parse_options(argv):
                       help="wall-clock seconds per repetition (default 3)")
   parser.add_argument("--solve", type=float, default=None, metavar="THRESHOLD",
                       help="also train end to end until this mean return")
-  parser.add_argument("--solve-budget", type=int, default=300_000,
-                      help="env steps for the --solve run (default 300000)")
+  parser.add_argument("--solve-budget", type=int, default=None,
+                      help="env steps for the --solve run (default: the "
+                           "config's total_env_steps, which the lr decay spans)")
   options, config_args = parser.parse_known_args(argv)
   if options.reps < 1:
     raise ConfigError(f"--reps must be at least 1, got {options.reps}")
   if not options.seconds > 0:
     raise ConfigError(f"--seconds must be positive, got {options.seconds}")
-  if options.solve_budget < 1:
+  if options.solve_budget is not None and options.solve_budget < 1:
     raise ConfigError(f"--solve-budget must be positive, got "
                       f"{options.solve_budget}")
   return options, config_args
@@ -228,8 +229,12 @@ def run_speed_figures(config, reps: int, seconds: float):
 def run_solve(config, threshold: float, budget: int, config_args):
   """Figure 6: one end-to-end training run."""
   config = config.copy_and_resolve_references()
-  config.total_env_steps = budget
+  # The learning-rate decay spans total_env_steps, so the budget is the
+  # config's own unless asked otherwise; the run stops once solved.
+  if budget is not None:
+    config.total_env_steps = budget
   config.solve_return = threshold
+  config.stop_when_solved = True
   own_logdir = any(a.startswith("--config.logdir") for a in config_args)
   with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
     if not own_logdir:
@@ -329,7 +334,8 @@ def main(argv) -> int:
   problems = [] if compilations == 1 else [
       f"the update was traced {compilations} times, not once"]
   if options.solve is not None:
-    print(f"solve: training up to {options.solve_budget} env steps until the "
+    print(f"solve: training up to {options.solve_budget or config.total_env_steps}"
+          " env steps until the "
           f"mean return of the last 100 episodes reaches {options.solve:g} "
           "(one run)", flush=True)
     try:

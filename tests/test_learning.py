@@ -44,3 +44,14 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
     raise AssertionError("a NaN loss did not stop training")
   # What was trained so far is still saved.
   assert (tmp_path / "nan" / "checkpoint").is_dir()
+
+
+def test_stop_when_solved_ends_the_run_early(tmp_path):
+  config = cartpole.get_config()
+  config.solve_return = 10.0  # any policy's first 100 episodes reach it
+  config.stop_when_solved = True
+  config.logdir = str(tmp_path)
+  summary = training.train(config, run_name="stop", progress=False)
+  assert summary["solved_at_steps"] is not None
+  assert summary["env_steps"] == summary["solved_at_steps"]
+  assert summary["env_steps"] < config.total_env_steps
