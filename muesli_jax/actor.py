@@ -9,7 +9,6 @@ from typing import List, Tuple
 
 import gymnasium as gym
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from muesli_jax.networks import MuesliNetworks

@@ -57,8 +57,7 @@ def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorE
   if not isinstance(envs.single_action_space, gym.spaces.Discrete):
     raise UnknownEnvError(f"{env_id} has a {envs.single_action_space} action "
                           "space; Muesli here needs discrete actions")
-  envs.reset(seed=seed)
-  envs.action_space.seed(seed)
+  envs.action_space.seed(seed)  # The actor resets with the same seed.
   return envs
 
 

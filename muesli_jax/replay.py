@@ -8,7 +8,7 @@ write head. Episode ends are not cut out: the step after an episode end is a
 reset step with `mask = 0`, and the learner masks what crosses it.
 """
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
