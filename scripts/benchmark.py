@@ -10,6 +10,9 @@ Figures (each measured `--reps` times for `--seconds`; median, min, max):
   learner updates/s   the jitted update on batches from `replay.sample`
                       (sampling included), and on one fixed batch
   update compilations traces of the update in the learner figures (must be 1)
+  learner GFLOP/s     XLA's flop count of one update x fixed-batch updates/s,
+                      against a large float32 matmul on the same devices (the
+                      machine's practical peak): how near its limit it runs
 With `--solve THRESHOLD`, one end-to-end `training.train` run of at most
 `--solve-budget` env steps that records when the mean return of the last 100
 episodes first reaches THRESHOLD. Its logdir is a temporary folder, removed
@@ -112,8 +115,17 @@ class LearnerBench:
     self._update = jax.jit(counted(learner.make_update(networks, config)),
                            donate_argnums=0)
     self._config = config
+    self._networks = networks
     self._replay = replay
     self.state = state
+
+  def flops_per_update(self, batch) -> float:
+    """XLA's flop count of one update (a separate, uncounted compilation)."""
+    update = jax.jit(learner.make_update(self._networks, self._config))
+    cost = update.lower(self.state, batch).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # Older jax: one dict per module.
+      cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
 
   def sample(self):
     c = self._config
@@ -137,6 +149,18 @@ class LearnerBench:
     else:
       step = lambda: self.update(fixed_batch)
     return timed_loop(step, seconds, self.finish)
+
+
+def measure_matmul(seconds: float, size: int = 2048) -> float:
+  """GFLOP/s of one large float32 matmul: the devices' practical peak."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+
+  def step():
+    matmul(x).block_until_ready()
+    return 1
+  return timed_loop(step, seconds) * 2 * size**3 / 1e9
 
 
 def summarize(values, unit: str, note: str = ""):
@@ -168,6 +192,7 @@ def run_speed_figures(config, reps: int, seconds: float):
 
   # Warm-up: compiles the policy step; fills the replay as far as training
   # fills it before its first update.
+  raw_envs.reset(seed=seed)
   raw_envs.step(raw_envs.action_space.sample())
   start = time.perf_counter()
   actor.step(params, config.warmup_steps + window)
@@ -190,13 +215,16 @@ def run_speed_figures(config, reps: int, seconds: float):
   bench.finish()
   compile_seconds = time.perf_counter() - start
   print(f"  learner warm-up (compilation): {compile_seconds:.1f} s", flush=True)
-  sampled, fixed = [], []
+  sampled, fixed, matmul = [], [], []
   for rep in range(reps):
     sampled.append(bench.measure(seconds))
     fixed.append(bench.measure(seconds, fixed_batch))
+    matmul.append(measure_matmul(seconds))
     print(f"  learner rep {rep + 1}/{reps}: {sampled[-1]:.1f} updates/s "
-          f"sampled, {fixed[-1]:.1f} fixed batch", flush=True)
+          f"sampled, {fixed[-1]:.1f} fixed batch; matmul "
+          f"{matmul[-1]:.0f} GFLOP/s", flush=True)
   actor_envs.close()
+  gflop = bench.flops_per_update(fixed_batch) / 1e9
 
   per_update = config.batch_size * config.sequence_length
   figures = {
@@ -215,6 +243,14 @@ def run_speed_figures(config, reps: int, seconds: float):
           [r * per_update for r in fixed], "samples/s",
           f"x {config.batch_size}x{config.sequence_length} positions"),
   }
+  if gflop > 0:
+    figures["learner GFLOP/s (fixed batch)"] = summarize(
+        [r * gflop for r in fixed], "GFLOP/s",
+        f"{gflop:.2f} GFLOP per update (XLA cost analysis)")
+    figures["matmul GFLOP/s (peak reference)"] = summarize(
+        matmul, "GFLOP/s", "2048x2048 float32 matmul")
+    figures["learner / matmul peak"] = summarize(
+        [r * gflop / m for r, m in zip(fixed, matmul)], "ratio", "per rep")
   compilations = len(bench.traces)
   figures["update compilations"] = summarize(
       [compilations], "count", "must be 1" + ("" if compilations == 1
@@ -222,6 +258,7 @@ def run_speed_figures(config, reps: int, seconds: float):
   extras = dict(prefill_vector_steps=config.warmup_steps + window,
                 prefill_seconds=prefill_seconds,
                 update_warmup_seconds=compile_seconds,
+                gflop_per_update=gflop,
                 replay_megabytes=replay.nbytes() / 2**20)
   return figures, compilations, extras
 
@@ -256,6 +293,9 @@ def run_solve(config, threshold: float, budget: int, config_args):
       "total training seconds": summarize(
           one("seconds"), "s", f"1 run, {summary['env_steps']} env steps, "
           "compilation included"),
+      "solve run updates/s": summarize(
+          [summary["updates"] / summary["seconds"]] if summary["seconds"]
+          else [], "updates/s", "1 run, acting and logging included"),
       "solve run update compilations": summarize(
           one("update_compilations"), "count",
           f"1 run, {summary['updates']} updates; must be "

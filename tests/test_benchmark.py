@@ -1,0 +1,54 @@
+"""The benchmark script runs end to end and reports every figure it promises."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEED_FIGURES = (
+    "raw env steps/s", "actor env steps/s", "actor / raw",
+    "learner updates/s (sampled)", "learner samples/s (sampled)",
+    "learner updates/s (fixed batch)", "learner samples/s (fixed batch)",
+    "learner GFLOP/s (fixed batch)", "matmul GFLOP/s (peak reference)",
+    "learner / matmul peak", "update compilations")
+
+
+def run_benchmark(tmp_path, *args):
+  out = tmp_path / "bench.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+       "--config", os.path.join(ROOT, "configs", "cartpole.py"),
+       "--out", str(out), "--config.batch_size=4",
+       "--config.sequence_length=4", *args],
+      capture_output=True, text=True, cwd=tmp_path, timeout=600)
+  return proc, out
+
+
+def test_speed_figures_are_measured_and_consistent(tmp_path):
+  proc, out = run_benchmark(tmp_path, "--reps", "2", "--seconds", "0.3")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  figures = json.loads(out.read_text())["figures"]
+  assert set(SPEED_FIGURES) <= set(figures), sorted(figures)
+  for name in SPEED_FIGURES:
+    f = figures[name]
+    assert f["reps"] >= 1 and f["min"] <= f["median"] <= f["max"], name
+    assert f["min"] > 0, name
+  assert figures["update compilations"]["values"] == [1]
+  # Samples are B x T positions per update.
+  assert figures["learner samples/s (sampled)"]["median"] == (
+      16 * figures["learner updates/s (sampled)"]["median"])
+  ratios = figures["actor / raw"]["values"]
+  assert len(ratios) == 2
+  acting, raw = (figures[k]["values"] for k in ("actor env steps/s",
+                                                  "raw env steps/s"))
+  assert ratios == [a / r for a, r in zip(acting, raw)]
+  for line in ("raw env steps/s", "learner / matmul peak"):
+    assert line in proc.stdout  # the printed table
+
+
+def test_bad_option_is_a_one_line_error(tmp_path):
+  proc, _ = run_benchmark(tmp_path, "--reps", "0")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith("error:")
+  assert "Traceback" not in proc.stderr
