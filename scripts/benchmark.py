@@ -10,6 +10,9 @@ Figures (each measured `--reps` times for `--seconds`; median, min, max):
   learner updates/s   the jitted update on batches from `replay.sample`
                       (sampling included), and on one fixed batch
   update compilations traces of the update in the learner figures (must be 1)
+  policy step ms      one actor policy step (dispatch to actions on the host)
+                      on an idle device, and dispatched while an update runs:
+                      whether acting could overlap learning on this device
   learner GFLOP/s     XLA's flop count of one update x fixed-batch updates/s,
                       against a large float32 matmul on the same devices (the
                       machine's practical peak): how near its limit it runs
@@ -31,10 +34,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
+import numpy as np  # noqa: E402
 
 from muesli_jax import envs as envs_lib, learner, training  # noqa: E402
-from muesli_jax.actor import Actor  # noqa: E402
+from muesli_jax.actor import Actor, make_policy_step  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args  # noqa: E402
 from muesli_jax.replay import SequenceReplay  # noqa: E402
 
@@ -132,8 +137,13 @@ class LearnerBench:
     return self._replay.sample(c.batch_size, c.steps_per_update,
                                c.replay_proportion)
 
-  def update(self, batch) -> int:
+  def dispatch(self, batch):
+    """Starts one update without waiting for it; returns its metrics."""
     self.state, metrics = self._update(self.state, batch)
+    return metrics
+
+  def update(self, batch) -> int:
+    metrics = self.dispatch(batch)
     # training.py reads the loss back after every update (its NaN check),
     # which waits for the update; do the same so the rate matches training.
     float(metrics["loss"])
@@ -163,6 +173,29 @@ def measure_matmul(seconds: float, size: int = 2048) -> float:
   return timed_loop(step, seconds) * 2 * size**3 / 1e9
 
 
+def measure_policy_latency(policy_step, params, observation, bench,
+                           fixed_batch, reps: int):
+  """Milliseconds from dispatch to host actions of one policy step: with the
+  device idle, and dispatched just after an update (which runs ~30 ms)."""
+  rng = jax.random.PRNGKey(0)
+
+  def one_step(i):
+    start = time.perf_counter()
+    actions, _ = policy_step(params, observation, rng, i)
+    np.asarray(actions)
+    return (time.perf_counter() - start) * 1e3
+
+  one_step(0)  # compile
+  idle, busy = [], []
+  for rep in range(reps):
+    bench.finish()
+    idle.append(one_step(rep))
+    bench.dispatch(fixed_batch)  # not waited on
+    busy.append(one_step(rep))
+  bench.finish()
+  return idle, busy
+
+
 def summarize(values, unit: str, note: str = ""):
   """Median, min and max of `values` (None for all three when empty)."""
   if not values:
@@ -188,7 +221,8 @@ def run_speed_figures(config, reps: int, seconds: float):
                           spec.observation_dtype, spec.num_actions, window,
                           config.discount, config.value_target == "mc", seed)
   actor = Actor(actor_envs, networks, replay, config.stack, seed)
-  params = state.target_params  # Acting params before any update.
+  # Acting params before any update; a copy, as the update donates `state`.
+  params = jax.tree.map(jnp.copy, state.target_params)
 
   # Warm-up: compiles the policy step; fills the replay as far as training
   # fills it before its first update.
@@ -223,6 +257,9 @@ def run_speed_figures(config, reps: int, seconds: float):
     print(f"  learner rep {rep + 1}/{reps}: {sampled[-1]:.1f} updates/s "
           f"sampled, {fixed[-1]:.1f} fixed batch; matmul "
           f"{matmul[-1]:.0f} GFLOP/s", flush=True)
+  policy_idle, policy_busy = measure_policy_latency(
+      make_policy_step(networks), params, actor.observation(), bench,
+      fixed_batch, max(reps, 5))
   actor_envs.close()
   gflop = bench.flops_per_update(fixed_batch) / 1e9
 
@@ -251,6 +288,10 @@ def run_speed_figures(config, reps: int, seconds: float):
         matmul, "GFLOP/s", "2048x2048 float32 matmul")
     figures["learner / matmul peak"] = summarize(
         [r * gflop / m for r, m in zip(fixed, matmul)], "ratio", "per rep")
+  figures["policy step ms (idle device)"] = summarize(
+      policy_idle, "ms", "dispatch to actions on the host")
+  figures["policy step ms (update in flight)"] = summarize(
+      policy_busy, "ms", "dispatched right after an update")
   compilations = len(bench.traces)
   figures["update compilations"] = summarize(
       [compilations], "count", "must be 1" + ("" if compilations == 1
@@ -276,7 +317,7 @@ def run_solve(config, threshold: float, budget: int, config_args):
   with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
     if not own_logdir:
       config.logdir = tmp
-    summary = training.train(config, progress=False)
+    summary = training.train(config, progress=True)  # a long run: show it
 
   def one(key):
     return [] if summary[key] is None else [summary[key]]

@@ -11,7 +11,8 @@ SPEED_FIGURES = (
     "learner updates/s (sampled)", "learner samples/s (sampled)",
     "learner updates/s (fixed batch)", "learner samples/s (fixed batch)",
     "learner GFLOP/s (fixed batch)", "matmul GFLOP/s (peak reference)",
-    "learner / matmul peak", "update compilations")
+    "learner / matmul peak", "policy step ms (idle device)",
+    "policy step ms (update in flight)", "update compilations")
 
 
 def run_benchmark(tmp_path, *args):
