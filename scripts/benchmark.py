@@ -1,7 +1,8 @@
 """Measures the speed of the env, the actor and the learner; optionally a solve.
 
 `python scripts/benchmark.py --config lunar.py --out bench.json [--config.KEY=VALUE ...]
-    [--reps 5] [--seconds 3] [--solve THRESHOLD] [--solve-budget STEPS]`
+    [--reps 5] [--seconds 3] [--solve THRESHOLD] [--solve-seeds N]
+    [--solve-budget STEPS]`
 
 Figures (each measured `--reps` times for `--seconds`; median, min, max):
   raw env steps/s     the config's vector env with random actions
@@ -16,10 +17,12 @@ Figures (each measured `--reps` times for `--seconds`; median, min, max):
   learner GFLOP/s     XLA's flop count of one update x fixed-batch updates/s,
                       against a large float32 matmul on the same devices (the
                       machine's practical peak): how near its limit it runs
-With `--solve THRESHOLD`, one end-to-end `training.train` run of at most
-`--solve-budget` env steps that records when the mean return of the last 100
-episodes first reaches THRESHOLD. Its logdir is a temporary folder, removed
-afterwards, unless `--config.logdir` is given.
+With `--solve THRESHOLD`, `--solve-seeds` end-to-end `training.train` runs
+(seeds config.seed, config.seed+1, ...) of at most `--solve-budget` env
+steps, each recording when the mean return of the last 100 episodes first
+reaches THRESHOLD and stopping there; the median counts unsolved runs as
+the slowest. Their logdirs are temporary folders, removed afterwards,
+unless `--config.logdir` is given.
 """
 
 import argparse
@@ -56,6 +59,9 @@ def parse_options(argv):
                       help="wall-clock seconds per repetition (default 3)")
   parser.add_argument("--solve", type=float, default=None, metavar="THRESHOLD",
                       help="also train end to end until this mean return")
+  parser.add_argument("--solve-seeds", type=int, default=1,
+                      help="--solve runs, seeds config.seed, config.seed+1, "
+                           "... (default 1)")
   parser.add_argument("--solve-budget", type=int, default=None,
                       help="env steps for the --solve run (default: the "
                            "config's total_env_steps, which the lr decay spans)")
@@ -64,6 +70,9 @@ def parse_options(argv):
     raise ConfigError(f"--reps must be at least 1, got {options.reps}")
   if not options.seconds > 0:
     raise ConfigError(f"--seconds must be positive, got {options.seconds}")
+  if options.solve_seeds < 1:
+    raise ConfigError(f"--solve-seeds must be at least 1, got "
+                      f"{options.solve_seeds}")
   if options.solve_budget is not None and options.solve_budget < 1:
     raise ConfigError(f"--solve-budget must be positive, got "
                       f"{options.solve_budget}")
@@ -304,47 +313,78 @@ def run_speed_figures(config, reps: int, seconds: float):
   return figures, compilations, extras
 
 
-def run_solve(config, threshold: float, budget: int, config_args):
-  """Figure 6: one end-to-end training run."""
+def solve_median(values):
+  """Median with unsolved runs (None) counted as slower than any solved one;
+  None when the median run did not solve."""
+  ranked = sorted(values, key=lambda v: (v is None, v or 0))
+  n = len(ranked)
+  middle = ranked[(n - 1) // 2:n // 2 + 1]
+  if any(v is None for v in middle):
+    return None
+  return sum(middle) / len(middle)
+
+
+def run_solve(config, threshold: float, budget: int, seeds: int, config_args):
+  """Figure 6: end-to-end training runs of seeds `config.seed + i`."""
   config = config.copy_and_resolve_references()
   # The learning-rate decay spans total_env_steps, so the budget is the
-  # config's own unless asked otherwise; the run stops once solved.
+  # config's own unless asked otherwise; a run stops once solved.
   if budget is not None:
     config.total_env_steps = budget
   config.solve_return = threshold
   config.stop_when_solved = True
   own_logdir = any(a.startswith("--config.logdir") for a in config_args)
-  with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
+  summaries = []
+  for i in range(seeds):
+    run_config = config.copy_and_resolve_references()
+    run_config.seed = config.seed + i
+    print(f"solve run {i + 1}/{seeds}: seed {run_config.seed}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
+      if not own_logdir:
+        run_config.logdir = tmp
+      summary = training.train(run_config, progress=True)  # long: show it
     if not own_logdir:
-      config.logdir = tmp
-    summary = training.train(config, progress=True)  # a long run: show it
+      summary.pop("checkpoint")  # It was in the removed temporary folder.
+    summaries.append(summary)
+    print(f"  seed {run_config.seed}: " + (
+        f"solved at {summary['solved_at_steps']} env steps, "
+        f"{summary['solved_at_seconds']:.0f} s" if summary["solved_at_steps"]
+        else f"not solved in {summary['env_steps']} env steps"), flush=True)
 
-  def one(key):
-    return [] if summary[key] is None else [summary[key]]
+  def over_runs(key, unit, note, median=None):
+    values = [s[key] for s in summaries]
+    solved = [v for v in values if v is not None]
+    f = summarize(solved, unit, note)
+    if median is not None:  # Unsolved runs count in the median, as slowest.
+      f["median"] = median(values)
+      f["max"] = f["max"] if len(solved) == len(values) else None
+      f["values"] = values
+    return f
 
+  n_solved = sum(s["solved_at_steps"] is not None for s in summaries)
+  runs = f"{seeds} run{'s' if seeds > 1 else ''}"
+  updates = [s["updates"] for s in summaries]
   figures = {
-      "solved at env steps": summarize(
-          one("solved_at_steps"), "env steps",
-          f"1 run; mean of last 100 >= {threshold:g}"),
-      "solved at seconds": summarize(
-          one("solved_at_seconds"), "s", "1 run, compilation included"),
-      "final mean return (last 100)": summarize(
-          one("mean_return_last_100"), "return",
-          f"1 run, {summary['episodes']} episodes"),
-      "total training seconds": summarize(
-          one("seconds"), "s", f"1 run, {summary['env_steps']} env steps, "
-          "compilation included"),
+      "solved runs": summarize(
+          [n_solved], "runs", f"of {runs}; mean of last 100 >= {threshold:g}"),
+      "solved at env steps": over_runs(
+          "solved_at_steps", "env steps",
+          f"{runs}; unsolved count as slowest", solve_median),
+      "solved at seconds": over_runs(
+          "solved_at_seconds", "s", f"{runs}; compilation included",
+          solve_median),
+      "final mean return (last 100)": over_runs(
+          "mean_return_last_100", "return", f"{runs}, at the stop"),
+      "total training seconds": over_runs(
+          "seconds", "s", f"{runs}, compilation included"),
       "solve run updates/s": summarize(
-          [summary["updates"] / summary["seconds"]] if summary["seconds"]
-          else [], "updates/s", "1 run, acting and logging included"),
+          [s["updates"] / s["seconds"] for s in summaries if s["seconds"]],
+          "updates/s", f"{runs}, acting and logging included"),
       "solve run update compilations": summarize(
-          one("update_compilations"), "count",
-          f"1 run, {summary['updates']} updates; must be "
-          f"{1 if summary['updates'] else 0}"),
+          [s["update_compilations"] for s in summaries], "count",
+          f"{runs}, {min(updates)}-{max(updates)} updates; must be 1"),
   }
-  if not own_logdir:
-    summary.pop("checkpoint")  # It was in the removed temporary folder.
-  return figures, summary
+  return figures, summaries
 
 
 # Reporting.
@@ -415,22 +455,24 @@ def main(argv) -> int:
   problems = [] if compilations == 1 else [
       f"the update was traced {compilations} times, not once"]
   if options.solve is not None:
-    print(f"solve: training up to {options.solve_budget or config.total_env_steps}"
-          " env steps until the "
-          f"mean return of the last 100 episodes reaches {options.solve:g} "
-          "(one run)", flush=True)
+    print(f"solve: {options.solve_seeds} run(s), each up to "
+          f"{options.solve_budget or config.total_env_steps} env steps until "
+          f"the mean return of the last 100 episodes reaches {options.solve:g}",
+          flush=True)
     try:
-      solve_figures, results["solve_summary"] = run_solve(
-          config, options.solve, options.solve_budget, config_args)
+      solve_figures, results["solve_summaries"] = run_solve(
+          config, options.solve, options.solve_budget, options.solve_seeds,
+          config_args)
     except training.NonFiniteLossError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
     figures.update(solve_figures)
-    solve = results["solve_summary"]
-    expected = 1 if solve["updates"] else 0  # A tiny budget may not update.
-    if solve["update_compilations"] != expected:
-      problems.append(f"the update was traced {solve['update_compilations']} "
-                      "times in the solve run, not once")
+    for solve in results["solve_summaries"]:
+      expected = 1 if solve["updates"] else 0  # A tiny budget may not update.
+      if solve["update_compilations"] != expected:
+        problems.append(f"the update was traced {solve['update_compilations']}"
+                        f" times in the solve run of seed {solve['seed']}, "
+                        "not once")
   results["figures"] = figures
 
   print()

@@ -53,3 +53,43 @@ def test_bad_option_is_a_one_line_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("error:")
   assert "Traceback" not in proc.stderr
+
+
+def load_benchmark_module():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_solve_median_counts_unsolved_runs_as_slowest():
+  median = load_benchmark_module().solve_median
+  assert median([5]) == 5
+  assert median([3, 1]) == 2
+  assert median([None, 1, 2]) == 2
+  assert median([None, 1, None]) is None
+  assert median([None, 4, 2, 1]) == 3
+  assert median([None]) is None
+
+
+def test_solve_runs_every_seed_and_stops_when_solved(tmp_path):
+  # A random CartPole policy averages ~22, so 15 is reached after the first
+  # 100 episodes: two short runs that each stop early.
+  proc, out = run_benchmark(tmp_path, "--reps", "1", "--seconds", "0.2",
+                            "--solve", "15", "--solve-seeds", "2",
+                            "--solve-budget", "20000")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(out.read_text())
+  summaries = results["solve_summaries"]
+  assert [s["seed"] for s in summaries] == [0, 1]
+  for s in summaries:
+    assert s["solved_at_steps"] is not None
+    assert s["env_steps"] == s["solved_at_steps"] < 20000
+    assert s["update_compilations"] == 1
+  figures = results["figures"]
+  assert figures["solved runs"]["values"] == [2]
+  steps = sorted(s["solved_at_steps"] for s in summaries)
+  assert figures["solved at env steps"]["median"] == sum(steps) / 2
+  assert figures["solved at env steps"]["min"] == steps[0]
