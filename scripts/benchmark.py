@@ -190,7 +190,7 @@ def measure_policy_latency(policy_step, params, observation, bench,
 
   def one_step(i):
     start = time.perf_counter()
-    actions, _ = policy_step(params, observation, rng, i)
+    actions, _ = policy_step(params, observation, rng, np.int32(i))
     np.asarray(actions)
     return (time.perf_counter() - start) * 1e3
 
@@ -351,12 +351,12 @@ def run_solve(config, threshold: float, budget: int, seeds: int, config_args):
         f"{summary['solved_at_seconds']:.0f} s" if summary["solved_at_steps"]
         else f"not solved in {summary['env_steps']} env steps"), flush=True)
 
-  def over_runs(key, unit, note, median=None):
+  def over_runs(key, unit, note, unsolved_as_slowest=False):
     values = [s[key] for s in summaries]
     solved = [v for v in values if v is not None]
     f = summarize(solved, unit, note)
-    if median is not None:  # Unsolved runs count in the median, as slowest.
-      f["median"] = median(values)
+    if unsolved_as_slowest:
+      f["median"] = solve_median(values)
       f["max"] = f["max"] if len(solved) == len(values) else None
       f["values"] = values
     return f
@@ -369,10 +369,11 @@ def run_solve(config, threshold: float, budget: int, seeds: int, config_args):
           [n_solved], "runs", f"of {runs}; mean of last 100 >= {threshold:g}"),
       "solved at env steps": over_runs(
           "solved_at_steps", "env steps",
-          f"{runs}; unsolved count as slowest", solve_median),
+          f"{runs}; unsolved count as slowest",
+          unsolved_as_slowest=True),
       "solved at seconds": over_runs(
           "solved_at_seconds", "s", f"{runs}; compilation included",
-          solve_median),
+          unsolved_as_slowest=True),
       "final mean return (last 100)": over_runs(
           "mean_return_last_100", "return", f"{runs}, at the stop"),
       "total training seconds": over_runs(
