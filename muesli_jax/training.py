@@ -37,20 +37,88 @@ def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
       config.num_blocks, config.head_size, config.torso, config.dynamics_core)
 
 
-def _shard(batch, num_devices: int):
-  """`[B, ...] -> [D, B/D, ...]` for pmap."""
-  return jax.tree.map(
-      lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+def replicas_identical(state) -> bool:
+  """Whether every replica `[D, ...]` holds bit-identical params (they must)."""
+  trees = (state.params, state.target_params)
+  return all(bool(np.all(np.asarray(x) == np.asarray(x)[:1]))
+             for x in jax.tree.leaves(trees))
+
+
+def check_batch_split(config, num_devices: int) -> None:
+  if config.batch_size % num_devices:
+    raise ConfigError(f"batch_size {config.batch_size} must be divisible by "
+                      f"the {num_devices} local devices")
+
+
+class DeviceUpdate:
+  """The update as training runs it: `jit` on one device, `pmap` over several.
+
+  Counts its traces (`traces` must stay 1 for a run) and hides the
+  difference between one and several devices from the training loop.
+  """
+
+  def __init__(self, networks: nets.MuesliNetworks, config, devices=None):
+    self.devices = list(devices or jax.local_devices())
+    self.traces = 0
+    num_devices = len(self.devices)
+    check_batch_split(config, num_devices)
+
+    def counted(update_fn):
+      def traced_update(state, batch):
+        self.traces += 1
+        return update_fn(state, batch)
+      return traced_update
+
+    if num_devices > 1:
+      self._update = jax.pmap(
+          counted(learner.make_update(networks, config, learner.AXIS)),
+          axis_name=learner.AXIS, devices=self.devices, donate_argnums=0)
+      mesh = jax.sharding.Mesh(np.asarray(self.devices), (learner.AXIS,))
+      self._sharding = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(learner.AXIS))
+    else:
+      self._update = jax.jit(counted(learner.make_update(networks, config)),
+                             donate_argnums=0)
+
+  @property
+  def replicated(self) -> bool:
+    return len(self.devices) > 1
+
+  def place(self, state):
+    """Puts a host `TrainState` where the update expects it.
+
+    Over several devices it is copied to each, sharded the way the pmapped
+    update returns its output: the first call and every later one then see
+    the same input signature (one trace, and the first state can be donated
+    like the others).
+    """
+    if not self.replicated:
+      return jax.device_put(state, self.devices[0])
+    n = len(self.devices)
+    return jax.tree.map(
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self._sharding),
+        state)
+
+  def __call__(self, state, batch):
+    """One update on a host batch `[B, ...]`; returns `(state, metrics)`."""
+    if self.replicated:  # [B, ...] -> [D, B/D, ...]
+      n = len(self.devices)
+      batch = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+    return self._update(state, batch)
+
+  def first(self, tree):
+    """One replica of a (possibly replicated) tree, e.g. state or metrics."""
+    return jax.tree.map(lambda x: x[0], tree) if self.replicated else tree
+
+  def replicas_identical(self, state) -> bool:
+    return replicas_identical(state) if self.replicated else True
 
 
 def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]:
   """Trains per `config`; returns a summary (also written as summary.json)."""
   if config.distributed:
     jax.distributed.initialize()
-  num_devices = jax.local_device_count()
-  if config.batch_size % num_devices:
-    raise ConfigError(f"batch_size {config.batch_size} must be divisible by "
-                      f"the {num_devices} local devices")
+  check_batch_split(config, jax.local_device_count())
   run_name = run_name or f"{config.env_id.replace('/', '_')}_seed{config.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
   envs = envs_lib.make_vector_env(config.env_id, config.num_envs, config.seed)
   logdir = os.path.join(config.logdir, run_name)
@@ -68,24 +136,9 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
                           config.seed)
   actor = Actor(envs, networks, replay, config.stack, config.seed)
 
-  traces = []  # One entry per trace of the update: it must compile once.
-
-  def counted(update_fn):
-    def traced_update(state, batch):
-      traces.append(1)
-      return update_fn(state, batch)
-    return traced_update
-
-  if num_devices > 1:
-    update = jax.pmap(
-        counted(learner.make_update(networks, config, learner.AXIS)),
-        axis_name=learner.AXIS, donate_argnums=0)
-    state = jax.tree.map(lambda x: jnp.stack([x] * num_devices), state)
-    acting_params = lambda s: jax.tree.map(lambda x: x[0], s.target_params)
-  else:
-    update = jax.jit(counted(learner.make_update(networks, config)),
-                     donate_argnums=0)
-    acting_params = lambda s: s.target_params
+  update = DeviceUpdate(networks, config)
+  state = update.place(state)
+  acting_params = lambda s: update.first(s.target_params)
 
   writer = SummaryWriter(logdir)
   episodes_csv = open(os.path.join(logdir, "episodes.csv"), "w")
@@ -119,22 +172,19 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
 
       batch = replay.sample(config.batch_size, config.steps_per_update,
                             config.replay_proportion)
-      if num_devices > 1:
-        batch = _shard(batch, num_devices)
       state, metrics = update(state, batch)
       summary["updates"] += 1
-      loss = float(metrics["loss"][0] if num_devices > 1 else metrics["loss"])
+      loss = float(update.first(metrics["loss"]))
       if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"loss became {loss} at update {summary['updates']} "
             f"(env step {actor.env_steps}); stopping")
       if summary["updates"] % config.log_interval == 0:
-        metrics = jax.device_get(metrics)
+        metrics = jax.device_get(update.first(metrics))
         elapsed = time.time() - start
         for key, value in metrics.items():
           value = np.asarray(value)
-          writer.add_scalar(f"learner/{key}", float(value.reshape(-1)[0]),
-                            actor.env_steps)
+          writer.add_scalar(f"learner/{key}", float(value), actor.env_steps)
         episodes_csv.flush()
         writer.add_scalar("speed/env_steps_per_second",
                           actor.env_steps / elapsed, actor.env_steps)
@@ -147,10 +197,12 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
   finally:
     bar.close()
     summary.update(env_steps=actor.env_steps, seconds=time.time() - start,
-                   update_compilations=len(traces),
+                   update_compilations=update.traces,
+                   devices=len(update.devices),
+                   replicas_identical=update.replicas_identical(state),
                    mean_return_last_100=float(np.mean(recent)) if recent else None,
                    returns_last_100=[float(r) for r in recent])
-    host_state = jax.tree.map(lambda x: x[0], state) if num_devices > 1 else state
+    host_state = update.first(state)
     summary["checkpoint"] = checkpoint.save(
         os.path.join(logdir, "checkpoint"), host_state)
     writer.close()

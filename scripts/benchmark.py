@@ -118,25 +118,28 @@ class LearnerBench:
   """The jitted update as training runs it, with a trace counter."""
 
   def __init__(self, config, networks, replay: SequenceReplay, state):
-    self.traces = []  # One entry per trace of the update (training.py's way).
-
-    def counted(update_fn):
-      def traced_update(state, batch):
-        self.traces.append(1)
-        return update_fn(state, batch)
-      return traced_update
-
-    self._update = jax.jit(counted(learner.make_update(networks, config)),
-                           donate_argnums=0)
+    # The update exactly as training runs it: jit on one device, pmap over
+    # every local device, with its trace counter.
+    self._update = training.DeviceUpdate(networks, config)
     self._config = config
     self._networks = networks
     self._replay = replay
-    self.state = state
+    self.state = self._update.place(state)
+
+  @property
+  def traces(self) -> int:
+    return self._update.traces
+
+  @property
+  def num_devices(self) -> int:
+    return len(self._update.devices)
 
   def flops_per_update(self, batch) -> float:
     """XLA's flop count of one update (a separate, uncounted compilation)."""
     update = jax.jit(learner.make_update(self._networks, self._config))
-    cost = update.lower(self.state, batch).compile().cost_analysis()
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          self._update.first(self.state))
+    cost = update.lower(shapes, batch).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):  # Older jax: one dict per module.
       cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
@@ -155,7 +158,7 @@ class LearnerBench:
     metrics = self.dispatch(batch)
     # training.py reads the loss back after every update (its NaN check),
     # which waits for the update; do the same so the rate matches training.
-    float(metrics["loss"])
+    float(self._update.first(metrics["loss"]))
     return 1
 
   def finish(self):
@@ -301,10 +304,11 @@ def run_speed_figures(config, reps: int, seconds: float):
       policy_idle, "ms", "dispatch to actions on the host")
   figures["policy step ms (update in flight)"] = summarize(
       policy_busy, "ms", "dispatched right after an update")
-  compilations = len(bench.traces)
+  compilations = bench.traces
   figures["update compilations"] = summarize(
-      [compilations], "count", "must be 1" + ("" if compilations == 1
-                                              else "  <-- RETRACED"))
+      [compilations], "count",
+      f"on {bench.num_devices} device(s); must be 1" +
+      ("" if compilations == 1 else "  <-- RETRACED"))
   extras = dict(prefill_vector_steps=config.warmup_steps + window,
                 prefill_seconds=prefill_seconds,
                 update_warmup_seconds=compile_seconds,
