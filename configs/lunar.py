@@ -50,6 +50,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.value_max = 30.0
   c.torso = "mlp"
   c.dynamics_core = "mlp"
+  c.conv_channels = (16, 32, 32)  # sections of the conv torso
+  c.conv_blocks = 2  # residual blocks per section
+  # Environment options for pixels, MinAtar, MiniGrid and Atari (a vector
+  # env like this one ignores them).
+  c.pixels = False  # observe only the env's rendered frames
+  c.frame_size = 84  # frame height after resizing (pixels, Atari)
+  c.frame_width = 0  # 0: square frames
+  c.grayscale = True
+  c.observation_scale = 0.0  # 0: from the observation space (255 for frames)
+  c.async_envs = False  # step envs in subprocesses (slow renderers)
+  c.max_episode_steps = 0  # 0: the env's own time limit
+  c.sticky_actions = 0.25  # Atari: repeat the last action (Machado et al.)
+  c.noop_max = 30  # Atari: random no-ops at reset
+  c.full_action_space = False  # Atari: all 18 actions
   # Running.
   c.logdir = "runs"
   c.log_interval = 50  # updates between TensorBoard writes

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from muesli_jax.networks import MuesliNetworks
-from muesli_jax.replay import SequenceReplay
+from muesli_jax.replay import SequenceReplay, stack_frames
 
 
 def make_policy_step(networks: MuesliNetworks):
@@ -28,6 +28,31 @@ def make_policy_step(networks: MuesliNetworks):
   return policy_step
 
 
+class FrameStack:
+  """The last `stack` frames of each env, `[E, stack, ...]`, oldest first.
+
+  A new episode starts with its first frame repeated, as the replay rebuilds
+  stacks at sample time.
+  """
+
+  def __init__(self, first_frames: np.ndarray, stack: int):
+    self._frame_ndim = first_frames.ndim - 1
+    self.frames = np.repeat(first_frames[:, None], stack, axis=1)
+
+  def observation(self) -> np.ndarray:
+    """The stacked observation `[E, ...]` the networks take."""
+    return stack_frames(self.frames, self._frame_ndim)
+
+  def newest(self) -> np.ndarray:
+    return self.frames[:, -1]
+
+  def push(self, frames: np.ndarray, restart: np.ndarray) -> None:
+    """Appends each env's new frame; envs in `restart` begin a new stack."""
+    self.frames = np.concatenate([self.frames[:, 1:], frames[:, None]], axis=1)
+    if restart.any():
+      self.frames[restart] = frames[restart][:, None]
+
+
 class Actor:
   """Runs `num_envs` environments in lockstep and fills a replay."""
 
@@ -39,7 +64,7 @@ class Actor:
     self._policy_step = make_policy_step(networks)
     self._rng = jax.random.PRNGKey(seed)
     obs, _ = envs.reset(seed=seed)
-    self._frames = np.repeat(obs[:, None], stack, axis=1)  # [E, stack, ...]
+    self._frames = FrameStack(obs, stack)
     self._after_episode_end = np.zeros(envs.num_envs, bool)
     self._episode_return = np.zeros(envs.num_envs, np.float64)
     self._episode_length = np.zeros(envs.num_envs, np.int64)
@@ -53,11 +78,8 @@ class Actor:
     return finished
 
   def observation(self) -> np.ndarray:
-    """The stacked observation `[E, stack * ...]` frames along the first axis."""
-    frames = self._frames
-    if frames.ndim == 3:  # vector observations: concatenate features
-      return frames.reshape(frames.shape[0], -1)
-    return np.concatenate(list(np.moveaxis(frames, 1, 0)), axis=-1)  # pixels
+    """The stacked observation `[E, ...]` the policy acts on."""
+    return self._frames.observation()
 
   def step(self, params, num_steps: int) -> None:
     """Takes `num_steps` steps of every env, writing each to the replay."""
@@ -70,7 +92,7 @@ class Actor:
       next_obs, reward, terminated, truncated, _ = self._envs.step(actions)
       # The step after an episode end is the autoreset: not a transition.
       is_reset = self._after_episode_end
-      self._replay.add(obs, actions, reward,
+      self._replay.add(self._frames.newest(), actions, reward,
                        discount=np.where(terminated | is_reset, 0.0, 1.0),
                        mask=(~is_reset).astype(np.float32),
                        behaviour_logits=logits)
@@ -83,9 +105,6 @@ class Actor:
       self._episode_return[done] = 0.0
       self._episode_length[done] = 0
       # Reset envs start a fresh stack; the others push the new frame.
-      self._frames = np.concatenate([self._frames[:, 1:], next_obs[:, None]],
-                                    axis=1)
-      if is_reset.any():
-        self._frames[is_reset] = next_obs[is_reset][:, None]
+      self._frames.push(next_obs, is_reset)
       self._after_episode_end = done
       self.env_steps += self._envs.num_envs

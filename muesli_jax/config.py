@@ -138,7 +138,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values that would otherwise fail deep inside JAX or gymnasium."""
   positive = ["learning_rate", "batch_size", "num_envs", "total_env_steps",
               "sequence_length", "unroll_steps", "steps_per_update",
-              "replay_capacity", "hidden_size", "num_bins", "stack"]
+              "replay_capacity", "hidden_size", "num_bins", "stack",
+              "frame_size"]
   for key in positive:
     if key in config and not config[key] > 0:
       raise ConfigError(f"{key} must be positive, got {config[key]}")
@@ -150,6 +151,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.value_target not in ("retrace", "nstep", "mc"):
     raise ConfigError(f"value_target must be retrace, nstep or mc, got "
                       f"{config.value_target!r}")
+  if "torso" in config and config.torso not in ("mlp", "conv"):
+    raise ConfigError(f"torso must be mlp or conv, got {config.torso!r}")
+  if "dynamics_core" in config and config.dynamics_core not in ("mlp", "lstm"):
+    raise ConfigError(f"dynamics_core must be mlp or lstm, got "
+                      f"{config.dynamics_core!r}")
+  if "conv_channels" in config and (
+      not config.conv_channels or
+      not all(isinstance(c, int) and c > 0 for c in config.conv_channels)):
+    raise ConfigError(f"conv_channels must be positive ints, got "
+                      f"{config.conv_channels!r}")
+  if "sticky_actions" in config and not 0.0 <= config.sticky_actions <= 1.0:
+    raise ConfigError(f"sticky_actions must be in [0, 1], got "
+                      f"{config.sticky_actions}")
   if config.value_min >= config.value_max:
     raise ConfigError("value_min must be below value_max")
   window = config.sequence_length + config.unroll_steps + 1

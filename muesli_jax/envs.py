@@ -1,4 +1,15 @@
-"""Environment construction: gymnasium vector envs and their specs."""
+"""Environment construction: gymnasium vector envs, pixel wrappers and specs.
+
+`make_vector_env(config)` builds `config.num_envs` copies of one env:
+- vector-state envs (LunarLander-v3, CartPole-v1, ...) as they are;
+- any env with an `rgb_array` renderer observed only through its frames
+  (`config.pixels=True`), resized and optionally grey;
+- MinAtar (`MinAtar/...`), whose boolean channels become uint8 0/1;
+- MiniGrid/BabyAI, whose Dict observation is reduced to its `image`;
+- Atari (`ALE/...`) with the usual preprocessing (Machado et al. 2018).
+Frame stacking is not done here: the actor and the replay stack frames, so
+the replay stores each frame once.
+"""
 
 from typing import NamedTuple, Tuple
 
@@ -10,27 +21,41 @@ class EnvSpec(NamedTuple):
   observation_shape: Tuple[int, ...]  # one frame, before stacking
   observation_dtype: np.dtype
   num_actions: int
+  # The networks divide observations by this inside the jitted functions
+  # (255 for camera frames; small integer codes for MinAtar and MiniGrid).
+  observation_scale: float = 1.0
 
 
 class UnknownEnvError(ValueError):
-  pass
+  """An env id, observation or action space this agent cannot use."""
 
 
 def _register_optional_envs(env_id: str) -> None:
-  """Imports the packages that register Atari and Minigrid ids."""
+  """Imports the packages that register Atari, MinAtar and MiniGrid ids."""
+  def need(package, install):
+    raise UnknownEnvError(f"{env_id} needs the {package} package: pip install "
+                          f"{install} (or the project's [pixels] extra)")
   if env_id.startswith("ALE/"):
     try:
       import ale_py
-      gym.register_envs(ale_py)
-    except ImportError as e:
-      raise UnknownEnvError(f"{env_id} needs ale-py: pip install ale-py") from e
+    except ImportError:
+      need("ale-py", "ale-py")
+    # Its banner goes to stderr, where a run's only line should be an error.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    gym.register_envs(ale_py)
+  if env_id.startswith("MinAtar/"):
+    try:
+      import minatar.gym
+    except ImportError:
+      need("minatar", "minatar")
+    if env_id not in gym.registry:  # gymnasium 1.x does not load it itself
+      minatar.gym.register_envs()
   if env_id.startswith("MiniGrid") or env_id.startswith("BabyAI"):
     try:
       import minigrid
-      gym.register_envs(minigrid)
-    except ImportError as e:
-      raise UnknownEnvError(
-          f"{env_id} needs minigrid: pip install minigrid") from e
+    except ImportError:
+      need("minigrid", "minigrid")
+    gym.register_envs(minigrid)
 
 
 def check_env_id(env_id: str) -> None:
@@ -43,26 +68,139 @@ def check_env_id(env_id: str) -> None:
     raise UnknownEnvError(f"unknown env_id {env_id!r}{hint}")
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
-  """A synchronous vector env in gymnasium's default NEXT_STEP autoreset mode.
+class ImageFromDict(gym.ObservationWrapper):
+  """Keeps the image of a Dict observation (MiniGrid's `image`)."""
 
-  In that mode the step after an episode end returns the reset observation,
-  reward 0 and ignores the action; the actor marks it `mask = 0`. The real
-  final observation is the one returned by the ending step itself, so a
-  truncated episode bootstraps from it.
+  def __init__(self, env, key: str):
+    super().__init__(env)
+    self._key = key
+    self.observation_space = env.observation_space[key]
+
+  def observation(self, observation):
+    return observation[self._key]
+
+
+class BoolToUint8(gym.ObservationWrapper):
+  """MinAtar's boolean channels as uint8 0/1: one byte a cell, as stored."""
+
+  def __init__(self, env):
+    super().__init__(env)
+    self.observation_space = gym.spaces.Box(
+        0, 1, env.observation_space.shape, np.uint8)
+
+  def observation(self, observation):
+    return observation.astype(np.uint8)
+
+
+def _image_key(space: gym.spaces.Dict, env_id: str) -> str:
+  for key in ("image", "pixels", "rgb"):
+    if key in space.spaces:
+      return key
+  images = [k for k, s in space.spaces.items()
+            if isinstance(s, gym.spaces.Box) and len(s.shape) == 3]
+  if len(images) == 1:
+    return images[0]
+  raise UnknownEnvError(
+      f"{env_id} has a Dict observation without an image (keys "
+      f"{sorted(space.spaces)}); this agent needs an 'image' entry")
+
+
+def _make_one(config, render_mode=None) -> gym.Env:
+  env_id = config.env_id
+  kwargs = {}
+  if config.get("max_episode_steps", 0):
+    kwargs["max_episode_steps"] = config.max_episode_steps
+  if render_mode is not None:
+    kwargs["render_mode"] = render_mode
+  if env_id.startswith("ALE/"):
+    # Frame skipping and max-pooling happen in AtariPreprocessing below.
+    env = gym.make(env_id, frameskip=1,
+                   repeat_action_probability=config.sticky_actions,
+                   full_action_space=config.full_action_space, **kwargs)
+    return gym.wrappers.AtariPreprocessing(
+        env, noop_max=config.noop_max, frame_skip=4,
+        screen_size=config.frame_size, terminal_on_life_loss=False,
+        grayscale_obs=config.grayscale, grayscale_newaxis=True)
+  if config.get("pixels", False):
+    kwargs["render_mode"] = "rgb_array"
+    env = gym.make(env_id, **kwargs)
+    env = gym.wrappers.AddRenderObservation(env, render_only=True)
+    env = gym.wrappers.ResizeObservation(
+        env, (config.frame_size, config.frame_width or config.frame_size))
+    if config.grayscale:
+      env = gym.wrappers.GrayscaleObservation(env, keep_dim=True)
+    return env
+  env = gym.make(env_id, **kwargs)
+  if isinstance(env.observation_space, gym.spaces.Dict):
+    env = ImageFromDict(env, _image_key(env.observation_space, env_id))
+  if (isinstance(env.observation_space, gym.spaces.Box) and
+      env.observation_space.dtype == np.bool_):
+    env = BoolToUint8(env)
+  return env
+
+
+def observation_scale(space: gym.spaces.Box, env_id: str) -> float:
+  """What the networks divide observations by; checks the space."""
+  if not isinstance(space, gym.spaces.Box):
+    raise UnknownEnvError(f"{env_id} has a {space} observation space; this "
+                          "agent needs a Box (vector or image)")
+  if len(space.shape) == 3:
+    if space.dtype != np.uint8:
+      raise UnknownEnvError(
+          f"{env_id} gives {space.dtype} images {space.shape}; image "
+          "observations must be uint8 (they are stored as bytes)")
+    high = float(np.max(space.high))
+    return high if 0 < high <= 255 else 255.0
+  if len(space.shape) != 1:
+    raise UnknownEnvError(f"{env_id} gives observations of shape "
+                          f"{space.shape}; expected a vector or an image")
+  return 1.0
+
+
+def make_vector_env(config, num_envs: int = None, seed: int = None,
+                    asynchronous: bool = None) -> gym.vector.VectorEnv:
+  """`num_envs` (default `config.num_envs`) copies of `config.env_id`.
+
+  The vector env runs in gymnasium's default NEXT_STEP autoreset mode: the
+  step after an episode end returns the reset observation, reward 0 and
+  ignores the action; the actor marks it `mask = 0`. The real final
+  observation is the one returned by the ending step itself, so a truncated
+  episode bootstraps from it. Rendering envs can run in subprocesses
+  (`config.async_envs`).
   """
-  check_env_id(env_id)
-  envs = gym.make_vec(env_id, num_envs=num_envs,
-                      vectorization_mode="sync")
-  if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-    raise UnknownEnvError(f"{env_id} has a {envs.single_action_space} action "
-                          "space; Muesli here needs discrete actions")
+  check_env_id(config.env_id)
+  num_envs = config.num_envs if num_envs is None else num_envs
+  seed = config.seed if seed is None else seed
+  if asynchronous is None:
+    asynchronous = config.get("async_envs", False)
+  make = lambda: _make_one(config)
+  envs = (gym.vector.AsyncVectorEnv([make] * num_envs) if asynchronous else
+          gym.vector.SyncVectorEnv([make] * num_envs))
+  try:
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+      raise UnknownEnvError(
+          f"{config.env_id} has a {envs.single_action_space} action space; "
+          "Muesli here needs discrete actions")
+    env_spec(envs, config.env_id)
+  except UnknownEnvError:
+    envs.close()
+    raise
   envs.action_space.seed(seed)  # The actor resets with the same seed.
   return envs
 
 
-def env_spec(envs: gym.vector.VectorEnv) -> EnvSpec:
+def env_spec(envs: gym.vector.VectorEnv, env_id: str = "env") -> EnvSpec:
   space = envs.single_observation_space
+  scale = observation_scale(space, env_id)
   return EnvSpec(observation_shape=tuple(space.shape),
                  observation_dtype=np.dtype(space.dtype),
-                 num_actions=int(envs.single_action_space.n))
+                 num_actions=int(envs.single_action_space.n),
+                 observation_scale=scale)
+
+
+def make_render_env(config) -> gym.Env:
+  """One env as training sees it, whose `render()` gives RGB frames (video)."""
+  check_env_id(config.env_id)
+  if config.get("pixels", False):
+    return _make_one(config)  # Already renders rgb_array frames.
+  return _make_one(config, render_mode="rgb_array")

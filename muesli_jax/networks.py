@@ -57,20 +57,24 @@ class MLPTorso(hk.Module):
 
 
 class ConvTorso(hk.Module):
-  """Small ResNet for pixels `[B, H, W, C] -> [B, width]` (IMPALA style)."""
+  """Small ResNet for pixels `[B, H, W, C] -> [B, width]` (IMPALA style).
+
+  Each section is a 3x3 conv, a 3x3 max-pool of stride 2 and `blocks`
+  residual blocks of two 3x3 convs.
+  """
 
   def __init__(self, width: int, channels: Sequence[int] = (16, 32, 32),
-               name=None):
+               blocks: int = 2, name=None):
     super().__init__(name=name)
     self._width = width
     self._channels = channels
+    self._blocks = blocks
 
   def __call__(self, x: Array) -> Array:
-    x = x.astype(jnp.float32) / 255.0
     for ch in self._channels:
       x = hk.Conv2D(ch, 3)(x)
       x = hk.max_pool(x, 3, 2, "SAME")
-      for _ in range(2):
+      for _ in range(self._blocks):
         y = hk.Conv2D(ch, 3)(jax.nn.relu(x))
         x = x + hk.Conv2D(ch, 3)(jax.nn.relu(y))
     x = jax.nn.relu(x).reshape(x.shape[0], -1)
@@ -114,6 +118,9 @@ def make_networks(
     head_size: int = 128,
     torso: str = "mlp",
     dynamics_core: str = "mlp",
+    observation_scale: float = 1.0,
+    conv_channels: Sequence[int] = (16, 32, 32),
+    conv_blocks: int = 2,
 ) -> MuesliNetworks:
   """Builds the representation, dynamics and prediction networks.
 
@@ -127,6 +134,11 @@ def make_networks(
     torso: "mlp" (vector observations) or "conv" (pixels).
     dynamics_core: "mlp" or "lstm" (the LSTM's cell state is the second half
       of the hidden state, so every function keeps one array).
+    observation_scale: observations (e.g. uint8 frames) are cast to float32
+      and divided by this inside the jitted functions, so the replay and the
+      host-to-device copies keep the compact dtype.
+    conv_channels: channels of the conv torso's sections.
+    conv_blocks: residual blocks in each section of the conv torso.
   """
   if torso not in ("mlp", "conv"):
     raise ValueError(f"unknown torso {torso!r}: expected 'mlp' or 'conv'")
@@ -137,11 +149,15 @@ def make_networks(
     return Head(head_size, out_size, name=name)
 
   def represent(obs):
+    obs = obs.astype(jnp.float32)
+    if observation_scale != 1.0:
+      obs = obs / observation_scale
     if torso == "mlp":
       hidden = MLPTorso(hidden_size, num_blocks, name="representation")(
-          obs.reshape(obs.shape[0], -1).astype(jnp.float32))
+          obs.reshape(obs.shape[0], -1))
     else:
-      hidden = ConvTorso(hidden_size, name="representation")(obs)
+      hidden = ConvTorso(hidden_size, tuple(conv_channels), conv_blocks,
+                         name="representation")(obs)
     if dynamics_core == "lstm":
       hidden = jnp.concatenate([hidden, jnp.zeros_like(hidden)], axis=-1)
     return scale_hidden(hidden)

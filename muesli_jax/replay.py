@@ -6,13 +6,49 @@ of `capacity` time steps, each holding a row for every environment:
 one environment's stream; it never mixes environments and never crosses the
 write head. Episode ends are not cut out: the step after an episode end is a
 reset step with `mask = 0`, and the learner masks what crosses it.
+
+Each step stores one frame; a stack of `stack` frames is rebuilt when a
+window is sampled (frames before an episode's first step repeat that first
+step, as the actor stacks them), so pixels are not stored `stack` times.
 """
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 
 from muesli_jax.learner import Batch
+
+
+def stack_frames(frames: np.ndarray, frame_ndim: int) -> np.ndarray:
+  """`[..., S, *frame] -> ` one observation, oldest frame first.
+
+  Vector frames `[D]` are concatenated to `[S * D]`; images `[H, W, C]` along
+  their channels to `[H, W, S * C]`.
+  """
+  num_frames = frames.shape[-frame_ndim - 1]
+  if num_frames == 1:
+    return frames.reshape(frames.shape[:-frame_ndim - 1] +
+                          frames.shape[-frame_ndim:])
+  if frame_ndim == 1:
+    return frames.reshape(frames.shape[:-2] + (-1,))
+  frames = np.moveaxis(frames, -frame_ndim - 1, -2)  # [..., H, W, S, C]
+  return frames.reshape(frames.shape[:-2] + (-1,))
+
+
+def stacked_shape(frame_shape: Sequence[int], stack: int):
+  """The shape of one stacked observation (see `stack_frames`)."""
+  frame_shape = tuple(frame_shape)
+  return frame_shape[:-1] + (frame_shape[-1] * stack,)
+
+
+def replay_nbytes(capacity: int, num_envs: int, frame_shape, frame_dtype,
+                  num_actions: int) -> int:
+  """Bytes a `SequenceReplay` of these sizes holds (checked before it is)."""
+  frame = int(np.prod(frame_shape)) * np.dtype(frame_dtype).itemsize
+  # action int32; reward, discount, mask, mc_return, mc_valid float32;
+  # episode start int64; behaviour logits float32 [A].
+  per_step = frame + 4 + 5 * 4 + 8 + 4 * num_actions
+  return capacity * num_envs * per_step
 
 
 class SequenceReplay:
@@ -21,11 +57,15 @@ class SequenceReplay:
   def __init__(self, capacity: int, num_envs: int, observation_shape,
                observation_dtype, num_actions: int, window: int,
                discount: float = 0.99, mc_returns: bool = False,
-               seed: int = 0):
-    if capacity < window + 1:
+               seed: int = 0, stack: int = 1):
+    """`observation_shape` is one frame's; samples stack `stack` of them."""
+    if capacity < window + stack:
       raise ValueError(f"replay capacity {capacity} is smaller than one "
-                       f"window of {window} steps")
+                       f"window of {window} steps and its {stack - 1} "
+                       "earlier frames")
     self.capacity, self.num_envs, self.window = capacity, num_envs, window
+    self.stack = stack
+    self._frame_ndim = len(observation_shape)
     self._discount = discount
     self._mc_returns = mc_returns  # Backfill Monte-Carlo returns (costly).
     c, e = capacity, num_envs
@@ -38,6 +78,10 @@ class SequenceReplay:
     self.behaviour_logits = np.zeros((c, e, num_actions), np.float32)
     self.mc_return = np.zeros((c, e), np.float32)
     self.mc_valid = np.zeros((c, e), np.float32)
+    # Absolute time of the first step of each stored step's episode.
+    self.episode_start = np.zeros((c, e), np.int64)
+    self._last_mask = np.zeros(e, np.float32)  # 0 before the first step
+    self._current_start = np.zeros(e, np.int64)
     self.total_steps = 0  # Steps ever written; the newest is total_steps - 1.
     self._episode_start = np.zeros(e, np.int64)  # Absolute time per env.
     self._rng = np.random.default_rng(seed)
@@ -50,16 +94,21 @@ class SequenceReplay:
     return sum(a.nbytes for a in (self.observation, self.action, self.reward,
                                   self.discount, self.mask,
                                   self.behaviour_logits, self.mc_return,
-                                  self.mc_valid))
+                                  self.mc_valid, self.episode_start))
 
   def add(self, observation, action, reward, discount, mask,
           behaviour_logits) -> None:
     """Writes one step of every environment (`[E, ...]` arrays).
 
-    `reward`/`discount` belong to the transition out of `observation`;
-    `mask` is 0 when that transition is an autoreset step.
+    `observation` is the newest frame only. `reward`/`discount` belong to the
+    transition out of it; `mask` is 0 when that transition is an autoreset
+    step, so the next step starts an episode.
     """
     i = self.total_steps % self.capacity
+    starts = self._last_mask == 0
+    self._current_start[starts] = self.total_steps
+    self._last_mask = np.asarray(mask, np.float32).copy()
+    self.episode_start[i] = self._current_start
     self.observation[i] = observation
     self.action[i] = action
     self.reward[i] = reward
@@ -87,28 +136,48 @@ class SequenceReplay:
       self._episode_start[env] = now + 1
 
   def num_windows(self) -> int:
-    return max(0, self.size - self.window + 1)
+    """Start times per env whose window and earlier frames are all stored."""
+    return max(0, self.size - self.window - self.stack + 2)
+
+  def _draw_windows(self, batch_size: int, fresh_steps: int,
+                    replay_proportion: float) -> np.ndarray:
+    """Distinct window ids `start * num_envs + env`, fresh ones first.
+
+    A fraction `1 - replay_proportion` of the batch starts among the newest
+    `fresh_steps` start times (of every env); the rest is uniform over all
+    windows not drawn yet. Ids repeat only when the batch is larger than the
+    number of windows stored.
+    """
+    e = self.num_envs
+    total = self.num_windows() * e
+    if batch_size > total:  # Too little data for distinct windows.
+      return self._rng.integers(0, total, batch_size)
+    fresh_total = min(max(fresh_steps, 1), self.num_windows()) * e
+    num_fresh = min(int(round(batch_size * (1.0 - replay_proportion))),
+                    fresh_total)
+    fresh = total - fresh_total + self._rng.choice(fresh_total, num_fresh,
+                                                   replace=False)
+    # Uniform over the windows not yet drawn: draw distinct candidates with
+    # room for every fresh id among them, drop those, keep the rest in order.
+    num_uniform = batch_size - num_fresh
+    candidates = self._rng.choice(total, min(total, num_uniform + num_fresh),
+                                  replace=False)
+    candidates = candidates[~np.isin(candidates, fresh)][:num_uniform]
+    return np.concatenate([fresh, candidates])
 
   def sample(self, batch_size: int, fresh_steps: int,
              replay_proportion: float) -> Batch:
-    """Samples `[B, W]` windows.
-
-    A fraction `1 - replay_proportion` of the batch starts among the newest
-    `fresh_steps` window positions; the rest is uniform over the buffer.
-    """
-    n = self.num_windows()
-    if n <= 0:
+    """Samples `[B, W]` windows, distinct whenever enough are stored."""
+    if self.num_windows() <= 0:
       raise ValueError("not enough data in replay for one window")
-    oldest = self.total_steps - self.size  # absolute time of oldest step
-    num_fresh = int(round(batch_size * (1.0 - replay_proportion)))
-    fresh = min(max(fresh_steps, 1), n)
-    starts = np.concatenate([
-        self._rng.integers(n - fresh, n, num_fresh),
-        self._rng.integers(0, n, batch_size - num_fresh)]) + oldest
-    envs = self._rng.integers(0, self.num_envs, batch_size)
-    rows = (starts[:, None] + np.arange(self.window)[None, :]) % self.capacity
+    ids = self._draw_windows(batch_size, fresh_steps, replay_proportion)
+    # Absolute time of the oldest start with all its earlier frames stored.
+    first = self.total_steps - self.size + self.stack - 1
+    starts, envs = ids // self.num_envs + first, ids % self.num_envs
+    times = starts[:, None] + np.arange(self.window)[None, :]  # [B, W]
+    rows = times % self.capacity
     cols = envs[:, None]
-    return Batch(observation=self.observation[rows, cols],
+    return Batch(observation=self._stacked_observations(times, envs),
                  action=self.action[rows, cols],
                  reward=self.reward[rows, cols],
                  discount=self.discount[rows, cols],
@@ -117,8 +186,19 @@ class SequenceReplay:
                  mc_return=self.mc_return[rows, cols],
                  mc_valid=self.mc_valid[rows, cols])
 
+  def _stacked_observations(self, times: np.ndarray, envs: np.ndarray):
+    """`[B, W]` absolute times of `envs [B]` -> stacked observations."""
+    if self.stack == 1:
+      return self.observation[times % self.capacity, envs[:, None]]
+    cols = envs[:, None, None]
+    start = self.episode_start[times % self.capacity, envs[:, None]]
+    back = np.arange(self.stack - 1, -1, -1)  # oldest frame first
+    frame_times = np.maximum(times[..., None] - back, start[..., None])
+    frames = self.observation[frame_times % self.capacity, cols]
+    return stack_frames(frames, self._frame_ndim)
+
   def state_dict(self) -> Dict[str, np.ndarray]:
     return {k: getattr(self, k) for k in ("observation", "action", "reward",
                                           "discount", "mask",
                                           "behaviour_logits", "mc_return",
-                                          "mc_valid")}
+                                          "mc_valid", "episode_start")}

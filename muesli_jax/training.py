@@ -8,15 +8,14 @@ import time
 from typing import Any, Dict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
 from muesli_jax import checkpoint, envs as envs_lib, learner, networks as nets
+from muesli_jax import replay as replay_lib
 from muesli_jax.actor import Actor
 from muesli_jax.config import ConfigError
-from muesli_jax.replay import SequenceReplay
 
 
 class NonFiniteLossError(RuntimeError):
@@ -25,16 +24,54 @@ class NonFiniteLossError(RuntimeError):
 
 def stacked_shape(spec: envs_lib.EnvSpec, stack: int):
   """Vector observations stack features; pixels stack channels."""
-  shape = spec.observation_shape
-  if len(shape) == 1:
-    return (shape[0] * stack,)
-  return tuple(shape[:-1]) + (shape[-1] * stack,)
+  return replay_lib.stacked_shape(spec.observation_shape, stack)
 
 
 def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
+  scale = config.get("observation_scale", 0.0) or spec.observation_scale
   return nets.make_networks(
-      stacked_shape(spec, config.stack), spec.num_actions, config.num_bins, config.hidden_size,
-      config.num_blocks, config.head_size, config.torso, config.dynamics_core)
+      stacked_shape(spec, config.stack), spec.num_actions, config.num_bins,
+      config.hidden_size, config.num_blocks, config.head_size, config.torso,
+      config.dynamics_core, observation_scale=scale,
+      conv_channels=tuple(config.get("conv_channels", (16, 32, 32))),
+      conv_blocks=config.get("conv_blocks", 2))
+
+
+def available_memory_bytes() -> int:
+  """MemAvailable from /proc/meminfo; physical memory where that is missing."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True):
+  """The run's replay; a size that does not fit in memory is a `ConfigError`
+  raised before anything is allocated."""
+  nbytes = replay_lib.replay_nbytes(config.replay_capacity, config.num_envs,
+                                    spec.observation_shape,
+                                    spec.observation_dtype, spec.num_actions)
+  available = available_memory_bytes()
+  if nbytes > 0.9 * available:
+    raise ConfigError(
+        f"the replay needs {nbytes / 2**30:.2f} GiB ({config.replay_capacity} "
+        f"steps x {config.num_envs} envs of {spec.observation_shape} "
+        f"{spec.observation_dtype}) but only {available / 2**30:.2f} GiB of "
+        "memory is available: lower replay_capacity or num_envs")
+  if verbose:
+    print(f"replay: {nbytes / 2**30:.3f} GiB ({config.replay_capacity} steps x "
+          f"{config.num_envs} envs, frames {spec.observation_shape} "
+          f"{spec.observation_dtype}, stack {config.stack} at sampling)",
+          flush=True)
+  window = config.sequence_length + config.unroll_steps + 1
+  return replay_lib.SequenceReplay(
+      config.replay_capacity, config.num_envs, spec.observation_shape,
+      spec.observation_dtype, spec.num_actions, window, config.discount,
+      config.value_target == "mc", config.seed, stack=config.stack)
 
 
 def replicas_identical(state) -> bool:
@@ -120,20 +157,20 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
     jax.distributed.initialize()
   check_batch_split(config, jax.local_device_count())
   run_name = run_name or f"{config.env_id.replace('/', '_')}_seed{config.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-  envs = envs_lib.make_vector_env(config.env_id, config.num_envs, config.seed)
+  envs = envs_lib.make_vector_env(config)
+  spec = envs_lib.env_spec(envs, config.env_id)
+  try:  # Bad sizes stop here, before anything is written.
+    replay = make_replay(config, spec, verbose=progress)
+  except ConfigError:
+    envs.close()
+    raise
   logdir = os.path.join(config.logdir, run_name)
   os.makedirs(logdir, exist_ok=True)
   with open(os.path.join(logdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
-  spec = envs_lib.env_spec(envs)
   networks = build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(config.seed))
   window = config.sequence_length + config.unroll_steps + 1
-  replay = SequenceReplay(config.replay_capacity, config.num_envs,
-                          stacked_shape(spec, config.stack),
-                          spec.observation_dtype, spec.num_actions, window,
-                          config.discount, config.value_target == "mc",
-                          config.seed)
   actor = Actor(envs, networks, replay, config.stack, config.seed)
 
   update = DeviceUpdate(networks, config)

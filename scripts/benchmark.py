@@ -222,16 +222,13 @@ def run_speed_figures(config, reps: int, seconds: float):
   """Figures 1-5. Raw and actor repetitions alternate, so do the two learner
   variants: a slowdown from other load hits both halves of each ratio."""
   seed = config.seed
-  raw_envs = envs_lib.make_vector_env(config.env_id, config.num_envs, seed)
-  actor_envs = envs_lib.make_vector_env(config.env_id, config.num_envs, seed)
-  spec = envs_lib.env_spec(actor_envs)
+  raw_envs = envs_lib.make_vector_env(config)
+  actor_envs = envs_lib.make_vector_env(config)
+  spec = envs_lib.env_spec(actor_envs, config.env_id)
   networks = training.build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(seed))
   window = config.sequence_length + config.unroll_steps + 1
-  replay = SequenceReplay(config.replay_capacity, config.num_envs,
-                          training.stacked_shape(spec, config.stack),
-                          spec.observation_dtype, spec.num_actions, window,
-                          config.discount, config.value_target == "mc", seed)
+  replay = training.make_replay(config, spec)
   actor = Actor(actor_envs, networks, replay, config.stack, seed)
   # Acting params before any update; a copy, as the update donates `state`.
   params = jax.tree.map(jnp.copy, state.target_params)
@@ -454,8 +451,12 @@ def main(argv) -> int:
   results = dict(command=[sys.executable] + sys.argv, machine=machine,
                  options=vars(options), config=config.to_dict(),
                  started=time.strftime("%Y-%m-%d %H:%M:%S"))
-  figures, compilations, extras = run_speed_figures(
-      config, options.reps, options.seconds)
+  try:
+    figures, compilations, extras = run_speed_figures(
+        config, options.reps, options.seconds)
+  except (ConfigError, envs_lib.UnknownEnvError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   results["warmup"] = extras
   problems = [] if compilations == 1 else [
       f"the update was traced {compilations} times, not once"]

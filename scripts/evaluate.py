@@ -18,14 +18,32 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from muesli_jax import checkpoint, envs as envs_lib, learner, training  # noqa: E402
+from muesli_jax.actor import FrameStack  # noqa: E402
+from muesli_jax.config import load_config_file  # noqa: E402
+
+
+def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The run's config.json over the current defaults (older runs lack keys)."""
+  with open(os.path.join(run_dir, "config.json")) as f:
+    saved = json.load(f)
+  config = load_config_file("lunar.py")
+  with config.unlocked():
+    for key, value in saved.items():
+      config[key] = tuple(value) if isinstance(value, list) else value
+  return config
 
 
 def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
              num_envs: int = 10):
-  with open(os.path.join(run_dir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  envs = envs_lib.make_vector_env(config.env_id, num_envs, seed)
-  networks = training.build_networks(config, envs_lib.env_spec(envs))
+  """Returns `[episodes]` returns of fresh episodes with the run's policy.
+
+  Works for every config: vector states, stacked pixel frames, MinAtar,
+  MiniGrid (Dict observations) and Atari; envs are built as in training.
+  """
+  config = load_run_config(run_dir)
+  envs = envs_lib.make_vector_env(config, num_envs=num_envs, seed=seed)
+  networks = training.build_networks(config, envs_lib.env_spec(envs,
+                                                                config.env_id))
   like = learner.init_state(networks, config, jax.random.PRNGKey(0))
   state = checkpoint.restore(os.path.join(run_dir, "checkpoint"), like)
 
@@ -34,9 +52,8 @@ def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
     logits = networks.predict(params, networks.represent(params, obs)).policy_logits
     return jnp.argmax(logits, -1) if greedy else jax.random.categorical(key, logits)
 
-  if config.stack != 1:
-    raise SystemExit("error: evaluate.py handles stack=1 configs only")
   obs, _ = envs.reset(seed=seed)
+  frames = FrameStack(obs, config.stack)
   key = jax.random.PRNGKey(seed)
   returns, running = [], np.zeros(num_envs)
   after_end = np.zeros(num_envs, bool)
@@ -46,7 +63,7 @@ def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
   counted = np.ones(num_envs, bool)
   while len(returns) < episodes:
     key, sub = jax.random.split(key)
-    actions = np.asarray(act(state.target_params, obs, sub))
+    actions = np.asarray(act(state.target_params, frames.observation(), sub))
     obs, reward, terminated, truncated, _ = envs.step(actions)
     running += np.where(after_end, 0.0, reward)
     done = (terminated | truncated) & ~after_end
@@ -56,6 +73,8 @@ def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
       running[env] = 0.0
       counted[env] = started < episodes
       started += 1
+    # The step after an end is the autoreset: its frame starts a new stack.
+    frames.push(obs, after_end)
     after_end = done
   envs.close()
   return np.array(returns[:episodes])
@@ -73,7 +92,11 @@ def main():
     print(f"error: {args.run_dir} is not a run folder (no config.json)",
           file=sys.stderr)
     return 2
-  returns = evaluate(args.run_dir, args.episodes, args.greedy, args.seed)
+  try:
+    returns = evaluate(args.run_dir, args.episodes, args.greedy, args.seed)
+  except (envs_lib.UnknownEnvError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   mode = "greedy" if args.greedy else "sampled"
   print(f"{len(returns)} episodes ({mode} actions): mean {returns.mean():.1f}, "
         f"std {returns.std():.1f}, min {returns.min():.1f}, "

@@ -4,10 +4,12 @@ Observations encode where they came from: `obs[env] = (env id, absolute time)`,
 so every sampled window can be traced back to its stream.
 """
 
+import hypothesis
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from muesli_jax.replay import SequenceReplay
+from muesli_jax.replay import SequenceReplay, stack_frames, stacked_shape
 
 NUM_ACTIONS = 2
 
@@ -35,7 +37,11 @@ def fill(replay, num_steps, start=0):
 
 
 def env_and_time(batch):
-  return batch.observation[..., 0], batch.observation[..., 1]
+  """`[B, W]` env ids and times; `[B, W, S]` per frame for stacked samples."""
+  obs = batch.observation.reshape(batch.observation.shape[:-1] + (-1, 2))
+  if obs.shape[-2] == 1:
+    obs = obs[..., 0, :]
+  return obs[..., 0], obs[..., 1]
 
 
 def assert_consecutive_single_stream(batch, window):
@@ -119,18 +125,29 @@ def test_memory_does_not_grow_past_capacity():
 
 def test_freshest_data_only_with_zero_replay_proportion():
   capacity, window, fresh = 100, 5, 4
-  replay = make_replay(capacity=capacity, num_envs=2, window=window)
+  replay = make_replay(capacity=capacity, num_envs=20, window=window)
   total = 130
   fill(replay, total)
   # Newest window starts at total - window = 125; the `fresh` newest start
-  # positions are 122..125.
-  batch = replay.sample(500, fresh_steps=fresh, replay_proportion=0.0)
+  # positions are 122..125, 4 x 20 envs = 80 distinct fresh windows.
+  batch = replay.sample(60, fresh_steps=fresh, replay_proportion=0.0)
   _, times = env_and_time(batch)
   starts = times[:, 0]
   assert starts.min() >= total - window - fresh + 1
   assert starts.max() <= total - window
   assert len(np.unique(starts)) == fresh
 
+
+def test_fresh_part_is_capped_by_the_distinct_fresh_windows():
+  """Asking for more fresh windows than exist takes them all, once each."""
+  replay = make_replay(capacity=100, num_envs=2, window=5)
+  fill(replay, 130)
+  batch = replay.sample(50, fresh_steps=4, replay_proportion=0.0)
+  envs, times = env_and_time(batch)
+  fresh = times[:, 0] >= 122
+  assert fresh.sum() == 8  # 4 start times x 2 envs
+  pairs = set(zip(envs[:, 0].tolist(), times[:, 0].tolist()))
+  assert len(pairs) == 50
 
 def test_full_replay_proportion_spreads_over_buffer():
   capacity, window = 100, 5
@@ -147,12 +164,14 @@ def test_full_replay_proportion_spreads_over_buffer():
 
 
 def test_replay_proportion_mix():
-  replay = make_replay(capacity=100, num_envs=1, window=5)
+  replay = make_replay(capacity=100, num_envs=32, window=5)
   fill(replay, 130)
   batch = replay.sample(100, fresh_steps=4, replay_proportion=0.25)
   starts = env_and_time(batch)[1][:, 0]
-  # round(100 * 0.75) = 75 windows from the 4 freshest start positions.
+  # round(100 * 0.75) = 75 windows from the 4 freshest start positions
+  # (128 distinct ones), plus those the uniform part happens to draw there.
   assert (starts >= 122).sum() >= 75
+  assert (starts < 122).sum() >= 20
 
 
 def test_sample_before_enough_data_raises():
@@ -251,3 +270,64 @@ def test_capacity_smaller_than_window_raises():
   with pytest.raises(ValueError):
     make_replay(capacity=7, num_envs=2, window=8)
   make_replay(capacity=9, num_envs=2, window=8)  # one window fits
+
+
+@hypothesis.settings(deadline=None, max_examples=60)
+@hypothesis.given(
+    num_envs=st.integers(1, 8), filled=st.integers(12, 120),
+    batch_size=st.integers(1, 64), fresh_steps=st.integers(1, 6),
+    proportion=st.sampled_from([0.0, 0.25, 0.75, 0.95, 1.0]),
+    stack=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_batches_hold_no_duplicate_window(num_envs, filled, batch_size,
+                                          fresh_steps, proportion, stack, seed):
+  replay = make_replay(capacity=40, num_envs=num_envs, window=6, seed=seed,
+                       stack=stack)
+  fill(replay, filled)
+  distinct = replay.num_windows() * num_envs
+  hypothesis.assume(batch_size <= distinct)
+  batch = replay.sample(batch_size, fresh_steps, proportion)
+  envs, times = env_and_time(batch)
+  if stack > 1:  # the newest frame of each stack is the step's own
+    envs, times = envs[..., -1], times[..., -1]
+  assert times.shape == (batch_size, 6)
+  pairs = set(zip(envs[:, 0].tolist(), times[:, 0].tolist()))
+  assert len(pairs) == batch_size
+
+
+def test_batches_repeat_windows_only_when_too_few_are_stored():
+  replay = make_replay(capacity=40, num_envs=2, window=6)
+  fill(replay, 8)  # 3 start times x 2 envs = 6 windows
+  batch = replay.sample(10, fresh_steps=1, replay_proportion=0.75)
+  assert batch.observation.shape[0] == 10
+  envs, times = env_and_time(batch)
+  assert len(set(zip(envs[:, 0].tolist(), times[:, 0].tolist()))) <= 6
+
+
+def test_stacked_frames_are_rebuilt_at_sample_time():
+  """Frames are stored once; a sample stacks the previous `stack` frames of
+  the same episode, repeating the episode's first frame before it."""
+  stack, window = 3, 4
+  replay = make_replay(capacity=30, num_envs=1, window=window, stack=stack)
+  assert replay.observation.shape == (30, 1, 2)  # one frame per step
+  # Episode A: t = 0..5, t = 6 is its autoreset step (mask 0);
+  # episode B starts at t = 7.
+  for t in range(20):
+    write_step(replay, t, mask=0.0 if t == 6 else 1.0)
+  batch = replay.sample(200, fresh_steps=1, replay_proportion=1.0)
+  _, times = env_and_time(batch)  # [B, W, stack] of (time) per frame slot
+  assert times.shape == (200, window, stack)
+  for row in times.reshape(-1, stack):
+    newest = row[-1]
+    start = 0 if newest <= 6 else 7
+    expected = [max(newest - k, start) for k in (2, 1, 0)]
+    np.testing.assert_array_equal(row, expected)
+
+
+def test_stacked_images_concatenate_channels_oldest_first():
+  frames = np.arange(2 * 3 * 4 * 4 * 2).reshape(2, 3, 4, 4, 2)  # [B, S, H, W, C]
+  stacked = stack_frames(frames, frame_ndim=3)
+  assert stacked.shape == (2, 4, 4, 6)
+  expected = np.concatenate([frames[:, s] for s in range(3)], axis=-1)
+  np.testing.assert_array_equal(stacked, expected)
+  assert stacked_shape((4, 4, 2), 3) == (4, 4, 6)
+  assert stacked_shape((8,), 3) == (24,)

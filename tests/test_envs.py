@@ -1,0 +1,134 @@
+"""Environments: every family builds with the spec the agent expects, and bad
+observation or action spaces stop with one clear error."""
+
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from muesli_jax import envs
+from muesli_jax.config import load_config_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "scripts", "train.py")
+
+
+def config_for(name, **overrides):
+  config = load_config_file(name)
+  with config.unlocked():
+    for key, value in overrides.items():
+      config[key] = value
+  return config
+
+
+def make(name, num_envs=2, **overrides):
+  config = config_for(name, **overrides)
+  vec = envs.make_vector_env(config, num_envs=num_envs)
+  return vec, envs.env_spec(vec, config.env_id)
+
+
+@pytest.mark.parametrize("env_id,channels,actions", [
+    ("MinAtar/Breakout-v1", 4, 3), ("MinAtar/SpaceInvaders-v1", 6, 4),
+    ("MinAtar/Asterix-v1", 4, 5)])
+def test_minatar_games_by_id_only(env_id, channels, actions):
+  vec, spec = make("minatar.py", env_id=env_id)
+  assert spec.observation_shape == (10, 10, channels)
+  assert spec.observation_dtype == np.uint8 and spec.num_actions == actions
+  obs, _ = vec.reset(seed=0)
+  for _ in range(20):
+    obs, *_ = vec.step(vec.action_space.sample())
+  assert obs.dtype == np.uint8 and set(np.unique(obs)) <= {0, 1}
+  vec.close()
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-DoorKey-5x5-v0",
+                                    "MiniGrid-Empty-8x8-v0"])
+def test_minigrid_dict_observation_becomes_its_image(env_id):
+  vec, spec = make("minigrid.py", env_id=env_id)
+  assert spec.observation_shape == (7, 7, 3)
+  assert spec.observation_dtype == np.uint8 and spec.num_actions == 7
+  obs, _ = vec.reset(seed=0)
+  assert obs.shape == (2, 7, 7, 3) and obs.max() <= 10
+  vec.close()
+
+
+def test_atari_preprocessing():
+  vec, spec = make("atari.py")
+  assert spec.observation_shape == (84, 84, 1)
+  assert spec.observation_dtype == np.uint8 and spec.observation_scale == 255
+  env = vec.envs[0]
+  preprocessing = env
+  while not isinstance(preprocessing, gym.wrappers.AtariPreprocessing):
+    preprocessing = preprocessing.env
+  assert preprocessing.frame_skip == 4 and preprocessing.noop_max == 30
+  assert not preprocessing.terminal_on_life_loss
+  ale = env.unwrapped
+  assert ale._frameskip == 1  # skipping (with max-pool) is the wrapper's
+  assert ale.ale.getFloat("repeat_action_probability") == pytest.approx(0.25)
+  vec.close()
+
+
+def test_lunar_pixels_hides_the_state():
+  vec, spec = make("lunar_pixels.py", async_envs=False)
+  assert spec.observation_shape == (64, 96, 1)
+  assert spec.observation_dtype == np.uint8
+  obs, _ = vec.reset(seed=0)
+  assert obs.shape == (2, 64, 96, 1) and obs.max() > 100  # a real frame
+  vec.close()
+
+
+class FloatImageEnv(gym.Env):
+  observation_space = gym.spaces.Box(0.0, 1.0, (8, 8, 3), np.float32)
+  action_space = gym.spaces.Discrete(2)
+
+  def reset(self, *, seed=None, options=None):
+    return self.observation_space.sample(), {}
+
+  def step(self, action):
+    return self.observation_space.sample(), 0.0, False, False, {}
+
+
+class DictWithoutImageEnv(FloatImageEnv):
+  observation_space = gym.spaces.Dict(
+      {"position": gym.spaces.Box(-1, 1, (2,), np.float32),
+       "goal": gym.spaces.Box(-1, 1, (2,), np.float32)})
+
+
+gym.register("TestFloatImage-v0", entry_point=FloatImageEnv)
+gym.register("TestDictWithoutImage-v0", entry_point=DictWithoutImageEnv)
+
+
+def test_float_images_are_refused():
+  with pytest.raises(envs.UnknownEnvError, match="must be uint8"):
+    make("lunar.py", env_id="TestFloatImage-v0")
+
+
+def test_dict_without_image_is_refused():
+  with pytest.raises(envs.UnknownEnvError, match="without an image"):
+    make("lunar.py", env_id="TestDictWithoutImage-v0")
+
+
+def run_train(tmp_path, *args):
+  return subprocess.run([sys.executable, TRAIN, *args,
+                         f"--config.logdir={tmp_path / 'runs'}"],
+                        cwd=tmp_path, capture_output=True, text=True,
+                        timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "lunar.py", "--config.env_id=Pendulum-v1"],
+     "discrete actions"),
+    (["--config", "atari.py", "--config.replay_capacity=10000000"],
+     "GiB of memory is available"),
+])
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, args,
+                                                        message):
+  proc = run_train(tmp_path, *args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+  assert message in lines[0]
+  assert not (tmp_path / "runs").exists()
