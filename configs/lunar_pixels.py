@@ -21,10 +21,9 @@ def get_config():
   c.num_envs = 16
   c.steps_per_update = 1
   c.replay_capacity = 25_000  # x 16 envs = 400k frames (~2.4 GiB)
+  # The vector config's learner and model; only the torso sees pixels:
+  # 64x96 -> 32x48 -> 16x24 -> 8x12 over three ResNet sections.
   c.torso = "conv"
   c.conv_channels = (16, 32, 32)
   c.conv_blocks = 1
-  c.hidden_size = 256
-  c.head_size = 128
-  c.dynamics_core = "lstm"
   return c

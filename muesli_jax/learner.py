@@ -1,12 +1,23 @@
 """The Muesli learner: a `TrainState` pytree and a pure `update` function.
 
-`make_update(networks, config)` returns `update(state, batch) -> (state,
-metrics)`. Wrap it in `jax.jit` on one device, or in
-`jax.pmap(update, axis_name=AXIS)` over several: sums and counts are
-`psum`ed over `AXIS`, so every device sees the loss of the global batch and
-the result equals the one-device update on the same batch.
+Hessel et al. 2021, "Muesli: Combining Improvements in Policy Optimization"
+(arXiv 2104.06159). `make_update(networks, config)` returns
+`update(state, batch) -> (state, metrics)`. Wrap it in `jax.jit` on one
+device, or in `jax.pmap(update, axis_name=AXIS)` over several: sums and
+counts are `psum`ed over `AXIS`, so every device sees the loss of the global
+batch and the result equals the one-device update on the same batch.
+
+The update is built from module-level pure functions, in the order it runs:
+`prior_targets` (with `one_step_lookahead`, `value_targets`,
+`mixed_prior_log_probs`) computes a `Targets` with the prior params; `loss`
+sums `policy_loss_term`, `model_loss_term`, `value_loss_term` and
+`reward_loss_term` over the masks of `unroll_masks`.
+
+Shapes: `B` sequences, `T` learning positions, `K` unroll steps,
+`W = T + K + 1` window steps, `A` actions, `N` support bins, `H` hidden size.
 """
 
+import functools
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import chex
@@ -19,10 +30,18 @@ from muesli_jax import losses
 from muesli_jax.networks import MuesliNetworks
 
 AXIS = "devices"
+Array = chex.Array
 
 
 class Batch(NamedTuple):
-  """`[B, W]` windows, `W = T + K + 1` (see ARCHITECTURE.md)."""
+  """`B` windows of `W = T + K + 1` consecutive steps from replay.
+
+  Steps 0..T-1 are the learning positions. From each, the model is unrolled
+  K steps along the actions taken, so step t+k (k <= K) must be present for
+  its targets; the last step, T+K, supplies the bootstrap value of the value
+  target for step T+K-1. Field `[t]` describes step t and the transition out
+  of it. A window may cross episode ends: `discount` and `mask` mark them.
+  """
   observation: Any  # [B, W, ...]
   action: Any  # [B, W] int32
   reward: Any  # [B, W] reward of the transition out of each step
@@ -69,10 +88,327 @@ def init_state(networks: MuesliNetworks, config, rng) -> TrainState:
                     step=jnp.zeros([], jnp.int32))
 
 
+class Targets(NamedTuple):
+  """What the loss needs from the prior params; a constant for the gradient.
+
+  `T` learning positions, `W = T + K + 1` window steps, `A` actions.
+  """
+  returns: Array  # [B, W-1] value targets for steps 0..T+K-1
+  pg_adv: Array  # [B, T] normalised advantage of the action taken
+  cmpo_logits: Array  # [B, W, A] log pi_cmpo at every step of the window
+  v_prior: Array  # [B, W] prior value
+  sigma: Array  # [] advantage scale after this batch (Sec. 4.5)
+  adv_mask: Array  # [B, T] 1 where the advantage entered the scale estimate
+  q_prior: Array  # [B, W, A] one-step look-ahead of every action (Eq. 14)
+
+
+def _psum(x, axis_name: Optional[str]):
+  return jax.lax.psum(x, axis_name) if axis_name else x
+
+
+def _check_value_target(config) -> None:
+  if config.value_target not in ("retrace", "nstep", "mc"):
+    raise ValueError(f"value_target must be retrace, nstep or mc, "
+                     f"got {config.value_target!r}")
+
+
+def _support(networks: MuesliNetworks, config) -> Array:
+  """`[N]` bin centres of the value and reward heads."""
+  return losses.make_support(config.value_min, config.value_max,
+                             networks.num_bins)
+
+
+def _flat_apply(fn, params, x, *args):
+  """Applies `fn` to `[B, W, ...]` inputs by folding B and W together."""
+  lead = x.shape[:2]
+  out = fn(params, x.reshape((-1,) + x.shape[2:]),
+           *[a.reshape((-1,) + a.shape[2:]) for a in args])
+  return jax.tree.map(lambda y: y.reshape(lead + y.shape[1:]), out)
+
+
 def _sliding(x, length: int, count: int):
   """`[B, W, ...] -> [B, count, length, ...]`, windows starting at 0..count-1."""
   idx = jnp.arange(count)[:, None] + jnp.arange(length)[None, :]
   return x[:, idx]
+
+
+def one_step_lookahead(networks: MuesliNetworks, params: hk.Params,
+                       hidden: Array, discount: float, support: Array) -> Array:
+  """`q(s, a) = r̂(s, a) + γ v̂(s')` for every action (Muesli Eq. 14).
+
+  Args:
+    networks: the Muesli networks.
+    params: the params to look ahead with (the prior's, in the update).
+    hidden: `[B, W, H]` hidden states.
+    discount: `γ`.
+    support: `[N]` bin centres of the reward and value heads.
+
+  Returns:
+    `q [B, W, A]`.
+  """
+  A = networks.num_actions
+  B, W = hidden.shape[:2]
+  actions = jnp.broadcast_to(jnp.arange(A), (B, W, A))
+  # Every action from every state as one [B, W*A] batch of dynamics steps.
+  hidden_a = jnp.repeat(hidden[:, :, None], A, axis=2).reshape(
+      (B, W * A) + hidden.shape[2:])
+  next_hidden, reward_logits = _flat_apply(
+      networks.dynamics, params, hidden_a, actions.reshape(B, W * A))
+  next_out = _flat_apply(networks.predict, params, next_hidden)
+  q = (losses.categorical_to_scalar(reward_logits, support) +
+       discount * losses.categorical_to_scalar(next_out.value_logits, support))
+  return q.reshape((B, W, A))
+
+
+def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
+                  prior_logits: Array) -> Array:
+  """Value targets `G` for steps 0..T+K-1, by `config.value_target`.
+
+  "retrace" (Muesli Eq. 14, from the model's q and the value head), "nstep"
+  (uncorrected returns bootstrapped from the value head) or "mc" (the
+  episode's discounted return, `batch.mc_return`).
+
+  Args:
+    config: needs `value_target`, `discount`, `retrace_lambda`.
+    batch: the `[B, W]` windows.
+    q_prior: `[B, W, A]` prior one-step look-ahead.
+    v_prior: `[B, W]` prior values.
+    prior_logits: `[B, W, A]` prior policy logits.
+
+  Returns:
+    `[B, W-1]` targets, without gradient.
+  """
+  discount_t = config.discount * batch.discount
+  if config.value_target == "retrace":
+    # Retrace assumes v = E_pi[q]; the model's q and the value head need
+    # not agree, and a gap between them compounds along the trace. Shift q
+    # per state so that its mean under the prior policy is v.
+    pi_prior = jax.nn.softmax(prior_logits)
+    q_consistent = q_prior + (
+        v_prior - jnp.sum(pi_prior * q_prior, -1))[..., None]
+    q_taken = jnp.take_along_axis(q_consistent, batch.action[..., None],
+                                  -1)[..., 0]
+    return jax.vmap(lambda q, v, r, d, pi, mu, a, m: losses.retrace_targets(
+        q, v, r, d, pi, mu, a, config.retrace_lambda, trace_mask_t=m))(
+            q_taken[:, 1:], v_prior[:, 1:], batch.reward[:, :-1],
+            discount_t[:, :-1], prior_logits[:, 1:],
+            batch.behaviour_logits[:, 1:], batch.action[:, 1:],
+            batch.mask[:, 1:])
+  if config.value_target == "nstep":
+    return jax.vmap(losses.nstep_targets)(
+        v_prior[:, 1:], batch.reward[:, :-1], discount_t[:, :-1],
+        batch.mask[:, 1:])
+  return batch.mc_return[:, :-1]
+
+
+def mixed_prior_log_probs(config, prior_logits: Array,
+                          behaviour_logits: Array) -> Array:
+  """`[..., A]` log of the prior mixed with behaviour and uniform (App. F.2).
+
+  The mixture keeps every action's prior probability above zero, so CMPO can
+  still move mass to an action the prior has all but ruled out.
+  """
+  A = prior_logits.shape[-1]
+  mixed = (config.prior_mix_target * jax.nn.softmax(prior_logits) +
+           config.prior_mix_behaviour * jax.nn.softmax(behaviour_logits) +
+           config.prior_mix_uniform / A)
+  return jnp.log(mixed)
+
+
+def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
+                  batch: Batch, adv_norm: losses.AdvNormState,
+                  axis_name: Optional[str] = None,
+                  support: Optional[Array] = None
+                  ) -> Tuple[Targets, losses.AdvNormState]:
+  """Everything computed with the prior params: returns, advantages, CMPO.
+
+  Also advances the advantage normaliser (Muesli Sec. 4.5) with this batch's
+  `E[(G - v_prior)^2]`, over all devices when `axis_name` is given.
+  `support` defaults to the config's (see `make_update` for why it passes
+  its own).
+  """
+  _check_value_target(config)
+  T = config.sequence_length
+  if support is None:
+    support = _support(networks, config)
+  hidden = _flat_apply(networks.represent, target_params, batch.observation)
+  prior = _flat_apply(networks.predict, target_params, hidden)
+  v_prior = losses.categorical_to_scalar(prior.value_logits, support)
+  q_prior = one_step_lookahead(networks, target_params, hidden,
+                               config.discount, support)
+  returns = value_targets(config, batch, q_prior, v_prior,
+                          prior.policy_logits)
+
+  # The scale is estimated over the learning positions only.
+  adv_mask = batch.mask[:, :T]
+  if config.value_target == "mc":
+    adv_mask = adv_mask * batch.mc_valid[:, :T]
+  pg_adv, adv_norm = losses.scale_advantages(
+      adv_norm, returns[:, :T] - v_prior[:, :T], config.adv_norm_decay,
+      mask=adv_mask, axis_name=axis_name)
+  sigma = losses.advantage_scale(adv_norm)
+  all_adv = (q_prior - v_prior[..., None]) / sigma
+
+  cmpo_logits = losses.cmpo_policy_logits(
+      mixed_prior_log_probs(config, prior.policy_logits,
+                            batch.behaviour_logits),
+      all_adv, config.cmpo_clip)
+  targets = Targets(returns=returns, pg_adv=pg_adv, cmpo_logits=cmpo_logits,
+                    v_prior=v_prior, sigma=sigma, adv_mask=adv_mask,
+                    q_prior=q_prior)
+  return targets, adv_norm
+
+
+def unroll_masks(batch: Batch, K: int, T: int) -> Tuple[Array, Array]:
+  """Which model steps have a real target: `(valid, absorbing)`, `[B, T, K+1]`.
+
+  `valid[b, t, k]` is 1 iff steps t..t+k are all real (the same episode).
+  `absorbing[b, t, k]` is 1 iff an episode ended before step t+k: there the
+  model is trained on an absorbing state (value and reward 0), so that
+  look-aheads into episode ends see a true zero.
+  """
+  valid = jnp.cumprod(_sliding(batch.mask, K + 1, T), axis=-1)
+  terminated = valid * (1.0 - _sliding(batch.discount, K + 1, T))
+  absorbing = jnp.minimum(jnp.cumsum(terminated, axis=-1), 1.0)
+  absorbing = jnp.pad(absorbing[..., :-1], ((0, 0), (0, 0), (1, 0)))
+  return valid, absorbing
+
+
+def policy_loss_term(config, policy_logits: Array, batch: Batch,
+                     targets: Targets) -> Tuple[Array, Dict[str, Array]]:
+  """L_pg+cmpo at k = 0 (Muesli Sec. 4, Eq. 9): `([B, T] loss, extras)`.
+
+  `policy_logits` are the online `[B, T, A]` logits at the real states; with
+  the "mc" target, positions whose return is unknown get no policy gradient
+  (the KL to pi_cmpo stays).
+  """
+  T = policy_logits.shape[1]
+  pg, extras = losses.policy_loss(
+      policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
+      targets.pg_adv, targets.cmpo_logits[:, :T], config.kl_weight,
+      config.ratio_clip)
+  if config.value_target == "mc":
+    pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
+  return pg, extras
+
+
+def model_loss_term(model_logits: Array, cmpo_logits: Array,
+                    valid: Array) -> Array:
+  """L_m (Muesli Sec. 4.2): the model's policy after k steps toward pi_cmpo.
+
+  Args:
+    model_logits: `[B, T, K, A]` policy logits after unrolling k = 1..K.
+    cmpo_logits: `[B, W, A]` `Targets.cmpo_logits`, at the real states.
+    valid: `[B, T, K+1]` from `unroll_masks`.
+
+  Returns:
+    `[B, T]`, the masked sum over k divided by K.
+  """
+  T, K = model_logits.shape[1:3]
+  cmpo_k = _sliding(cmpo_logits[:, 1:], K, T)  # [B, T, K, A] at s_{t+k}
+  return losses.model_policy_loss(model_logits, cmpo_k, valid[..., 1:])
+
+
+def value_loss_term(value_logits: Array, model_value_logits: Array,
+                    returns: Array, valid: Array, absorbing: Array,
+                    support: Array, mc_valid: Optional[Array] = None) -> Array:
+  """L_v over k = 0..K, model learning (Muesli Sec. 4.2, as in MuZero).
+
+  Args:
+    value_logits: `[B, T, N]` the value head at the real states (k = 0).
+    model_value_logits: `[B, T, K, N]` after unrolling the model k = 1..K.
+    returns: `[B, W-1]` `Targets.returns`.
+    valid, absorbing: `[B, T, K+1]` from `unroll_masks`; absorbing steps are
+      trained toward 0.
+    support: `[N]` bin centres.
+    mc_valid: `[B, W]` for the "mc" target: 1 where the return is known.
+
+  Returns:
+    `[B, T]`, the masked sum over k divided by K+1.
+  """
+  T, K1 = valid.shape[1:3]
+  returns_k = jnp.where(valid > 0, _sliding(returns, K1, T), 0.0)
+  mask = valid + absorbing
+  if mc_valid is not None:
+    mask = mask * jnp.maximum(_sliding(mc_valid, K1, T), absorbing)
+  all_logits = jnp.concatenate([value_logits[:, :, None], model_value_logits],
+                               axis=2)  # [B, T, K+1, N]
+  return jnp.sum(losses.categorical_loss(all_logits, returns_k, support)
+                 * mask, -1) / K1
+
+
+def reward_loss_term(reward_logits: Array, reward: Array, valid: Array,
+                     absorbing: Array, support: Array) -> Array:
+  """L_r over k = 1..K, model learning (Muesli Sec. 4.2, as in MuZero).
+
+  Args:
+    reward_logits: `[B, T, K, N]`, the reward of model step k predicting the
+      transition out of real step t+k-1.
+    reward: `[B, W]` `batch.reward`.
+    valid, absorbing: `[B, T, K+1]` from `unroll_masks`; absorbing steps are
+      trained toward 0.
+    support: `[N]` bin centres.
+
+  Returns:
+    `[B, T]`, the masked sum over k divided by K.
+  """
+  T, K = reward_logits.shape[1:3]
+  rewards_k = jnp.where(valid[..., :K] > 0, _sliding(reward, K, T), 0.)
+  return jnp.sum(losses.categorical_loss(reward_logits, rewards_k, support)
+                 * (valid[..., :K] + absorbing[..., :K]), -1) / K
+
+
+def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
+         targets: Targets, axis_name: Optional[str] = None,
+         support: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
+  """The Muesli loss of `params` on `batch`: `(scalar, metrics)`.
+
+  A mean over the real learning positions of the global batch: under `pmap`
+  each device divides its own sum by the `psum`ed count, so the gradients'
+  `psum` is the gradient of the global mean. `support` as in `prior_targets`.
+  """
+  K, T = config.unroll_steps, config.sequence_length
+  B = batch.action.shape[0]
+  if support is None:
+    support = _support(networks, config)
+  hidden = _flat_apply(networks.represent, params,
+                       batch.observation[:, :T])  # [B, T, H]
+  out0 = _flat_apply(networks.predict, params, hidden)
+  outk, reward_logits = _flat_apply(networks.unroll, params, hidden,
+                                    _sliding(batch.action, K, T))
+
+  valid, absorbing = unroll_masks(batch, K, T)
+  position = valid[..., 0]
+  count = jnp.maximum(_psum(jnp.sum(position), axis_name), 1.0)
+
+  def mean(x):
+    return jnp.sum(x * position) / count
+
+  pg, extras = policy_loss_term(config, out0.policy_logits, batch, targets)
+  model_policy = model_loss_term(outk.policy_logits, targets.cmpo_logits,
+                                 valid)
+  value = value_loss_term(
+      out0.value_logits, outk.value_logits, targets.returns, valid, absorbing,
+      support, batch.mc_valid if config.value_target == "mc" else None)
+  reward = reward_loss_term(reward_logits, batch.reward, valid, absorbing,
+                            support)
+
+  # An optional entropy bonus (not in the paper) keeps exploration alive on
+  # small control tasks where the policy otherwise collapses early.
+  total = (config.pg_weight * pg + config.model_weight * model_policy +
+           config.value_weight * value + config.reward_weight * reward -
+           config.entropy_weight * extras["entropy"])
+  metrics = dict(
+      loss=mean(total), policy_loss=mean(pg), model_loss=mean(model_policy),
+      value_loss=mean(value), reward_loss=mean(reward),
+      kl_cmpo=mean(extras["kl"]), entropy=mean(extras["entropy"]),
+      importance_weight=mean(extras["importance_weight"]),
+      value_pred=mean(losses.categorical_to_scalar(out0.value_logits,
+                                                   support)),
+      value_target=mean(targets.returns[:, :T]),
+      valid_fraction=count / _psum(jnp.asarray(B * T, jnp.float32),
+                                   axis_name))
+  return metrics["loss"], metrics
 
 
 def make_update(networks: MuesliNetworks, config,
@@ -84,177 +420,36 @@ def make_update(networks: MuesliNetworks, config,
   `target_update_rate`, `adv_norm_decay`, `cmpo_clip`, `ratio_clip`,
   `value_min`, `value_max`.
   """
-  K, T = config.unroll_steps, config.sequence_length
-  A, N = networks.num_actions, networks.num_bins
-  support = losses.make_support(config.value_min, config.value_max, N)
+  _check_value_target(config)
   optimizer = make_optimizer(config)
-  value_target = config.value_target
-  if value_target not in ("retrace", "nstep", "mc"):
-    raise ValueError(f"value_target must be retrace, nstep or mc, "
-                     f"got {value_target!r}")
-
-  def psum(x):
-    return jax.lax.psum(x, axis_name) if axis_name else x
-
-  def to_scalar(logits):
-    return losses.categorical_to_scalar(logits, support)
-
-  def flat_apply(fn, params, x, *args):
-    """Applies `fn` to `[B, W, ...]` inputs by folding B and W together."""
-    lead = x.shape[:2]
-    out = fn(params, x.reshape((-1,) + x.shape[2:]),
-             *[a.reshape((-1,) + a.shape[2:]) for a in args])
-    return jax.tree.map(lambda y: y.reshape(lead + y.shape[1:]), out)
-
-  def prior_targets(target_params, batch, adv_norm):
-    """Everything computed with the prior params: returns, CMPO policies."""
-    W = batch.action.shape[1]
-    hidden = flat_apply(networks.represent, target_params, batch.observation)
-    prior = flat_apply(networks.predict, target_params, hidden)
-    v_prior = to_scalar(prior.value_logits)  # [B, W]
-    # One-step look-ahead of every action (Muesli Eq. 14): q = r + γ v(s').
-    actions = jnp.broadcast_to(jnp.arange(A), hidden.shape[:2] + (A,))
-    hidden_a = jnp.repeat(hidden[:, :, None], A, axis=2).reshape(
-        hidden.shape[:1] + (W * A,) + hidden.shape[2:])
-    next_hidden, reward_logits = flat_apply(
-        networks.dynamics, target_params, hidden_a,
-        actions.reshape(actions.shape[0], W * A))
-    next_out = flat_apply(networks.predict, target_params, next_hidden)
-    q_prior = (to_scalar(reward_logits) +
-               config.discount * to_scalar(next_out.value_logits))
-    q_prior = q_prior.reshape(hidden.shape[:2] + (A,))  # [B, W, A]
-
-    discount_t = config.discount * batch.discount
-    if value_target == "retrace":
-      # Retrace assumes v = E_pi[q]; the model's q and the value head need
-      # not agree, and a gap between them compounds along the trace. Shift q
-      # per state so that its mean under the prior policy is v.
-      pi_prior = jax.nn.softmax(prior.policy_logits)
-      q_consistent = q_prior + (v_prior - jnp.sum(pi_prior * q_prior, -1))[..., None]
-      q_taken = jnp.take_along_axis(q_consistent, batch.action[..., None],
-                                    -1)[..., 0]
-      returns = jax.vmap(lambda q, v, r, d, pi, mu, a, m: losses.retrace_targets(
-          q, v, r, d, pi, mu, a, config.retrace_lambda, trace_mask_t=m))(
-              q_taken[:, 1:], v_prior[:, 1:], batch.reward[:, :-1],
-              discount_t[:, :-1], prior.policy_logits[:, 1:],
-              batch.behaviour_logits[:, 1:], batch.action[:, 1:],
-              batch.mask[:, 1:])
-    elif value_target == "nstep":
-      returns = jax.vmap(losses.nstep_targets)(
-          v_prior[:, 1:], batch.reward[:, :-1], discount_t[:, :-1],
-          batch.mask[:, 1:])
-    else:
-      returns = batch.mc_return[:, :-1]
-    # returns: [B, W-1] targets for steps 0..T+K-1.
-
-    # Advantage scale from E[(G - v_prior)^2] over the learning positions.
-    adv_mask = batch.mask[:, :T]
-    if value_target == "mc":
-      adv_mask = adv_mask * batch.mc_valid[:, :T]
-    pg_adv, adv_norm = losses.scale_advantages(
-        adv_norm, returns[:, :T] - v_prior[:, :T], config.adv_norm_decay,
-        mask=adv_mask, axis_name=axis_name)
-    sigma = losses.advantage_scale(adv_norm)
-    all_adv = (q_prior - v_prior[..., None]) / sigma  # [B, W, A]
-
-    # Prior policy mixed with behaviour and uniform (App. F.2).
-    mixed = (config.prior_mix_target * jax.nn.softmax(prior.policy_logits) +
-             config.prior_mix_behaviour *
-             jax.nn.softmax(batch.behaviour_logits) +
-             config.prior_mix_uniform / A)
-    cmpo_logits = losses.cmpo_policy_logits(jnp.log(mixed), all_adv,
-                                            config.cmpo_clip)
-    return dict(returns=returns, pg_adv=pg_adv, cmpo_logits=cmpo_logits,
-                v_prior=v_prior, sigma=sigma, adv_mask=adv_mask,
-                q_prior=q_prior), adv_norm
-
-  def loss_fn(params, batch, targets):
-    B = batch.action.shape[0]
-    hidden = flat_apply(networks.represent, params,
-                        batch.observation[:, :T])  # [B, T, H]
-    out0 = flat_apply(networks.predict, params, hidden)
-    unroll_actions = _sliding(batch.action, K, T)  # [B, T, K]
-    outk, reward_logits = flat_apply(networks.unroll, params, hidden,
-                                     unroll_actions)  # [B, T, K, ...]
-
-    # valid[b, t, k] = 1 iff steps t..t+k are all real (same episode).
-    mask_windows = _sliding(batch.mask, K + 1, T)  # [B, T, K+1]
-    valid = jnp.cumprod(mask_windows, axis=-1)
-    # After a termination the model is trained on an absorbing state (value
-    # and reward 0), so look-aheads into episode ends see a true zero.
-    terminated = valid * (1.0 - _sliding(batch.discount, K + 1, T))
-    absorbing = jnp.minimum(jnp.cumsum(terminated, axis=-1), 1.0)
-    absorbing = jnp.pad(absorbing[..., :-1], ((0, 0), (0, 0), (1, 0)))
-    position = valid[..., 0]
-    count = jnp.maximum(psum(jnp.sum(position)), 1.0)
-
-    def mean(x):
-      return jnp.sum(x * position) / count
-
-    # L_pg+cmpo at k = 0.
-    pg, extras = losses.policy_loss(
-        out0.policy_logits, batch.behaviour_logits[:, :T],
-        batch.action[:, :T], targets["pg_adv"], targets["cmpo_logits"][:, :T],
-        config.kl_weight, config.ratio_clip)
-    if value_target == "mc":  # No policy gradient where the return is unknown.
-      pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
-
-    # L_m: model policy after k steps toward pi_cmpo at the real s_{t+k}.
-    cmpo_k = _sliding(targets["cmpo_logits"][:, 1:], K, T)  # [B, T, K, A]
-    model_policy = losses.model_policy_loss(outk.policy_logits, cmpo_k,
-                                            valid[..., 1:])
-
-    # L_v over k = 0..K and L_r over k = 1..K.
-    returns_k = jnp.where(valid > 0, _sliding(targets["returns"], K + 1, T),
-                          0.0)  # [B, T, K+1]
-    value_mask = valid + absorbing
-    if value_target == "mc":
-      value_mask = value_mask * jnp.maximum(
-          _sliding(batch.mc_valid, K + 1, T), absorbing)
-    value_logits = jnp.concatenate(
-        [out0.value_logits[:, :, None], outk.value_logits], axis=2)
-    value = jnp.sum(losses.categorical_loss(value_logits, returns_k, support)
-                    * value_mask, -1) / (K + 1)
-    rewards_k = jnp.where(valid[..., :K] > 0, _sliding(batch.reward, K, T), 0.)
-    reward = jnp.sum(losses.categorical_loss(reward_logits, rewards_k, support)
-                     * (valid[..., :K] + absorbing[..., :K]), -1) / K
-
-    # An optional entropy bonus (not in the paper) keeps exploration alive on
-    # small control tasks where the policy otherwise collapses early.
-    total = (config.pg_weight * pg + config.model_weight * model_policy +
-             config.value_weight * value + config.reward_weight * reward -
-             config.entropy_weight * extras["entropy"])
-    metrics = dict(
-        loss=mean(total), policy_loss=mean(pg), model_loss=mean(model_policy),
-        value_loss=mean(value), reward_loss=mean(reward),
-        kl_cmpo=mean(extras["kl"]), entropy=mean(extras["entropy"]),
-        importance_weight=mean(extras["importance_weight"]),
-        value_pred=mean(to_scalar(out0.value_logits)),
-        value_target=mean(targets["returns"][:, :T]),
-        valid_fraction=count / psum(jnp.asarray(B * T, jnp.float32)))
-    return metrics["loss"], metrics
+  # Built here, outside the trace: inside it XLA constant-folds the linspace
+  # and rounds some bin centres differently in the last bit.
+  support = _support(networks, config)
+  grad_fn = jax.grad(functools.partial(loss, networks, config,
+                                       axis_name=axis_name, support=support),
+                     has_aux=True)
 
   def update(state: TrainState, batch: Batch) -> Tuple[TrainState, Dict]:
-    targets, adv_norm = prior_targets(state.target_params, batch,
-                                      state.adv_norm)
+    targets, adv_norm = prior_targets(networks, config, state.target_params,
+                                      batch, state.adv_norm, axis_name,
+                                      support)
     targets = jax.lax.stop_gradient(targets)
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch,
-                                                     targets)
-    grads = psum(grads)  # Each device's loss is already over the global count.
+    grads, metrics = grad_fn(state.params, batch, targets)
+    # Each device's loss is already over the global count.
+    grads = _psum(grads, axis_name)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     target_params = optax.incremental_update(
         params, state.target_params, config.target_update_rate)
-    metrics = {k: psum(v) for k, v in metrics.items()}
+    metrics = {k: _psum(v, axis_name) for k, v in metrics.items()}
     if axis_name:  # valid_fraction is a ratio, not a sum over devices.
       metrics["valid_fraction"] = metrics["valid_fraction"] / jax.lax.psum(
           1, axis_name)
     metrics.update(grad_norm=optax.global_norm(grads),
                    update_norm=optax.global_norm(updates),
-                   adv_scale=targets["sigma"])
-    new_state = TrainState(params=params, target_params=target_params,
-                           opt_state=opt_state, adv_norm=adv_norm,
-                           step=state.step + 1)
-    return new_state, metrics
+                   adv_scale=targets.sigma)
+    return TrainState(params=params, target_params=target_params,
+                      opt_state=opt_state, adv_norm=adv_norm,
+                      step=state.step + 1), metrics
 
   return update
