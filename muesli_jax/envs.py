@@ -11,6 +11,8 @@ Frame stacking is not done here: the actor and the replay stack frames, so
 the replay stores each frame once.
 """
 
+import multiprocessing
+import signal
 from typing import NamedTuple, Tuple
 
 import gymnasium as gym
@@ -139,6 +141,20 @@ def _make_one(config, render_mode=None) -> gym.Env:
   return env
 
 
+def _make_in_worker(config) -> gym.Env:
+  """Builds an env inside an `AsyncVectorEnv` subprocess.
+
+  A Ctrl-C (or a scheduler's SIGTERM to the process group) reaches every
+  worker too; they ignore it, so the trainer can still step and close them
+  while it saves its checkpoint.
+  """
+  # AsyncVectorEnv also calls this in the trainer itself, for the spaces.
+  if multiprocessing.parent_process() is not None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  return _make_one(config)
+
+
 def observation_scale(space: gym.spaces.Box, env_id: str) -> float:
   """What the networks divide observations by; checks the space."""
   if not isinstance(space, gym.spaces.Box):
@@ -173,9 +189,11 @@ def make_vector_env(config, num_envs: int = None, seed: int = None,
   seed = config.seed if seed is None else seed
   if asynchronous is None:
     asynchronous = config.get("async_envs", False)
-  make = lambda: _make_one(config)
-  envs = (gym.vector.AsyncVectorEnv([make] * num_envs) if asynchronous else
-          gym.vector.SyncVectorEnv([make] * num_envs))
+  if asynchronous:
+    envs = gym.vector.AsyncVectorEnv([lambda: _make_in_worker(config)] *
+                                     num_envs)
+  else:
+    envs = gym.vector.SyncVectorEnv([lambda: _make_one(config)] * num_envs)
   try:
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
       raise UnknownEnvError(

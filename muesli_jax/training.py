@@ -244,8 +244,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
         os.path.join(logdir, "checkpoint"), host_state)
     writer.close()
     episodes_csv.close()
-    envs.close()
     with open(os.path.join(logdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+    envs.close()
   return summary
 

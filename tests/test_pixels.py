@@ -1,8 +1,12 @@
 """Image observations end to end: stacking, short training runs of every
 pixel config (one compilation each), and evaluation of their checkpoints."""
 
+import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -73,3 +77,30 @@ def test_pixel_configs_train_and_evaluate(tmp_path, name, overrides):
   returns = evaluate_script.evaluate(str(run_dir), episodes=2, greedy=False,
                                      seed=1, num_envs=2)
   assert returns.shape == (2,) and np.all(np.isfinite(returns))
+
+
+def test_ctrl_c_with_env_subprocesses_still_saves(tmp_path):
+  """Ctrl-C reaches the whole process group, env workers included; the run
+  still closes them and writes its checkpoint and summary (exit 130)."""
+  args = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+          "--config", "lunar_pixels.py", f"--config.logdir={tmp_path}"]
+  args += [f"--config.{k}={v}" for k, v in TINY.items()
+           if k not in ("conv_channels",)]
+  args += ["--config.conv_channels=(4,)", "--config.num_envs=2",
+           "--config.frame_size=32", "--config.frame_width=48",
+           "--config.async_envs=true", "--config.total_env_steps=1000000"]
+  proc = subprocess.Popen(args, cwd=tmp_path, start_new_session=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not list(tmp_path.glob("*/episodes.csv")):
+    time.sleep(1)
+  time.sleep(15)  # into the training loop: compiled and updating
+  os.killpg(proc.pid, signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  (summary_path,) = tmp_path.glob("*/summary.json")
+  summary = json.loads(summary_path.read_text())
+  assert summary["interrupted"] and summary["env_steps"] > 0
+  assert os.path.isdir(summary["checkpoint"])
