@@ -263,8 +263,8 @@ def run_speed_figures(config, reps: int, seconds: float):
     sampled.append(bench.measure(seconds))
     fixed.append(bench.measure(seconds, fixed_batch))
     matmul.append(measure_matmul(seconds))
-    print(f"  learner rep {rep + 1}/{reps}: {sampled[-1]:.1f} updates/s "
-          f"sampled, {fixed[-1]:.1f} fixed batch; matmul "
+    print(f"  learner rep {rep + 1}/{reps}: {sampled[-1]:.3g} updates/s "
+          f"sampled, {fixed[-1]:.3g} fixed batch; matmul "
           f"{matmul[-1]:.0f} GFLOP/s", flush=True)
   policy_idle, policy_busy = measure_policy_latency(
       make_policy_step(networks), params, actor.observation(), bench,

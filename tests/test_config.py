@@ -127,7 +127,21 @@ def test_string_override(in_repo_root):
     (["--config.value_min=40.0"], "value_min"),
     (["--config.prior_mix_uniform=0.5"], "prior_mix"),
     (["--config.replay_capacity=10"], "replay_capacity"),
+    (["--config.torso=transformer"], "torso"),
+    (["--config.dynamics_core=gru"], "dynamics_core"),
+    (["--config.conv_channels=(16,0)"], "conv_channels"),
+    (["--config.conv_channels=[16]"], "conv_channels"),
+    (["--config.frame_size=0"], "frame_size"),
+    (["--config.sticky_actions=2.0"], "sticky_actions"),
 ])
 def test_parse_args_errors(in_repo_root, argv, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.parse_args(argv)
+
+
+@pytest.mark.parametrize("name", ["minatar.py", "minigrid.py",
+                                  "lunar_pixels.py", "atari.py"])
+def test_pixel_configs_load_and_take_tuple_overrides(in_repo_root, name):
+  config = config_lib.parse_args(["--config", name,
+                                  "--config.conv_channels=(8, 8)"])
+  assert config.conv_channels == (8, 8) and config.torso == "conv"
