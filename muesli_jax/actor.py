@@ -60,7 +60,6 @@ class Actor:
                replay: SequenceReplay, stack: int, seed: int):
     self._envs = envs
     self._replay = replay
-    self._stack = stack
     self._policy_step = make_policy_step(networks)
     self._rng = jax.random.PRNGKey(seed)
     obs, _ = envs.reset(seed=seed)

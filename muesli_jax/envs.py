@@ -107,13 +107,11 @@ def _image_key(space: gym.spaces.Dict, env_id: str) -> str:
       f"{sorted(space.spaces)}); this agent needs an 'image' entry")
 
 
-def _make_one(config, render_mode=None) -> gym.Env:
+def _make_one(config) -> gym.Env:
   env_id = config.env_id
   kwargs = {}
   if config.get("max_episode_steps", 0):
     kwargs["max_episode_steps"] = config.max_episode_steps
-  if render_mode is not None:
-    kwargs["render_mode"] = render_mode
   if env_id.startswith("ALE/"):
     # Frame skipping and max-pooling happen in AtariPreprocessing below.
     env = gym.make(env_id, frameskip=1,
@@ -215,10 +213,3 @@ def env_spec(envs: gym.vector.VectorEnv, env_id: str = "env") -> EnvSpec:
                  num_actions=int(envs.single_action_space.n),
                  observation_scale=scale)
 
-
-def make_render_env(config) -> gym.Env:
-  """One env as training sees it, whose `render()` gives RGB frames (video)."""
-  check_env_id(config.env_id)
-  if config.get("pixels", False):
-    return _make_one(config)  # Already renders rgb_array frames.
-  return _make_one(config, render_mode="rgb_array")
