@@ -1,9 +1,12 @@
 """The synchronous training loop: act, store, sample, update, log."""
 
 import collections
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Dict
 
@@ -20,6 +23,29 @@ from muesli_jax.config import ConfigError
 
 class NonFiniteLossError(RuntimeError):
   pass
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+  """Holds Ctrl-C and SIGTERM until the block ends, then delivers them.
+
+  The update donates the state it is given: an interrupt after its dispatch
+  but before its result is assigned would leave no state to checkpoint.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield  # Only the main thread receives signals.
+    return
+  received = []
+  signals = (signal.SIGINT, signal.SIGTERM)
+  previous = {s: signal.signal(s, lambda signum, _: received.append(signum))
+              for s in signals}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    for s in dict.fromkeys(received):
+      signal.raise_signal(s)
 
 
 def stacked_shape(spec: envs_lib.EnvSpec, stack: int):
@@ -209,7 +235,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
 
       batch = replay.sample(config.batch_size, config.steps_per_update,
                             config.replay_proportion)
-      state, metrics = update(state, batch)
+      with interrupts_deferred():
+        state, metrics = update(state, batch)
       summary["updates"] += 1
       loss = float(update.first(metrics["loss"]))
       if not math.isfinite(loss):

@@ -34,7 +34,8 @@ def main():
     returns = data[data.dtype.names[2]]  # "return" (older runs) or "episode_return"
     ax.plot(data["env_steps"], rolling_mean(returns),
             label=os.path.basename(os.path.normpath(run)))
-  ax.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
+  if not np.isnan(args.threshold):  # --threshold nan: no line
+    ax.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
   ax.set_xlabel("env steps")
   ax.set_ylabel("mean return of the last 100 episodes")
   ax.set_title(args.title)

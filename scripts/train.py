@@ -41,7 +41,7 @@ def main(argv) -> int:
   print(f"checkpoint: {summary['checkpoint']}")
   mean = summary["mean_return_last_100"]
   print(f"mean return of the last 100 episodes: "
-        f"{'n/a' if mean is None else f'{mean:.1f}'} "
+        f"{'n/a' if mean is None else f'{mean:.4g}'} "
         f"({summary['episodes']} episodes, {summary['env_steps']} env steps, "
         f"{summary['seconds']:.0f} s)")
   return 130 if summary["interrupted"] else 0

@@ -1,6 +1,7 @@
 """A real learning run: Muesli solves CartPole-v1 within a fixed step budget."""
 
 import numpy as np
+import pytest
 
 from configs import cartpole
 from muesli_jax import training
@@ -55,3 +56,16 @@ def test_stop_when_solved_ends_the_run_early(tmp_path):
   assert summary["solved_at_steps"] is not None
   assert summary["env_steps"] == summary["solved_at_steps"]
   assert summary["env_steps"] < config.total_env_steps
+
+
+def test_interrupt_inside_an_update_is_delivered_after_it():
+  """A Ctrl-C that arrives while the (donating) update runs is held until
+  its new state is assigned, then raised as usual."""
+  import signal as signal_lib
+  done = []
+  with pytest.raises(KeyboardInterrupt):
+    with training.interrupts_deferred():
+      signal_lib.raise_signal(signal_lib.SIGINT)
+      done.append("update finished")
+  assert done == ["update finished"]
+  assert signal_lib.getsignal(signal_lib.SIGINT) is signal_lib.default_int_handler

@@ -92,12 +92,18 @@ def test_ctrl_c_with_env_subprocesses_still_saves(tmp_path):
   proc = subprocess.Popen(args, cwd=tmp_path, start_new_session=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and not list(tmp_path.glob("*/episodes.csv")):
-    time.sleep(1)
-  time.sleep(15)  # into the training loop: compiled and updating
-  os.killpg(proc.pid, signal.SIGINT)
-  out, err = proc.communicate(timeout=120)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.glob("*/episodes.csv")):
+      time.sleep(1)
+    time.sleep(15)  # into the training loop: compiled and updating
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+  finally:  # Never leave the run or its env workers behind.
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
   assert proc.returncode == 130, err[-3000:]
   assert "Traceback" not in err, err[-3000:]
   (summary_path,) = tmp_path.glob("*/summary.json")
