@@ -110,7 +110,7 @@ def _image_key(space: gym.spaces.Dict, env_id: str) -> str:
 def _make_one(config) -> gym.Env:
   env_id = config.env_id
   kwargs = {}
-  if config.get("max_episode_steps", 0):
+  if config.max_episode_steps:
     kwargs["max_episode_steps"] = config.max_episode_steps
   if env_id.startswith("ALE/"):
     # Frame skipping and max-pooling happen in AtariPreprocessing below.
@@ -121,7 +121,7 @@ def _make_one(config) -> gym.Env:
         env, noop_max=config.noop_max, frame_skip=4,
         screen_size=config.frame_size, terminal_on_life_loss=False,
         grayscale_obs=config.grayscale, grayscale_newaxis=True)
-  if config.get("pixels", False):
+  if config.pixels:
     kwargs["render_mode"] = "rgb_array"
     env = gym.make(env_id, **kwargs)
     env = gym.wrappers.AddRenderObservation(env, render_only=True)
@@ -186,7 +186,7 @@ def make_vector_env(config, num_envs: int = None, seed: int = None,
   num_envs = config.num_envs if num_envs is None else num_envs
   seed = config.seed if seed is None else seed
   if asynchronous is None:
-    asynchronous = config.get("async_envs", False)
+    asynchronous = config.async_envs
   if asynchronous:
     envs = gym.vector.AsyncVectorEnv([lambda: _make_in_worker(config)] *
                                      num_envs)

@@ -80,10 +80,9 @@ class SequenceReplay:
     self.mc_valid = np.zeros((c, e), np.float32)
     # Absolute time of the first step of each stored step's episode.
     self.episode_start = np.zeros((c, e), np.int64)
-    self._last_mask = np.zeros(e, np.float32)  # 0 before the first step
-    self._current_start = np.zeros(e, np.int64)
     self.total_steps = 0  # Steps ever written; the newest is total_steps - 1.
-    self._episode_start = np.zeros(e, np.int64)  # Absolute time per env.
+    # Absolute time of the current episode's first step, per env.
+    self._episode_start = np.zeros(e, np.int64)
     self._rng = np.random.default_rng(seed)
 
   @property
@@ -105,10 +104,7 @@ class SequenceReplay:
     step, so the next step starts an episode.
     """
     i = self.total_steps % self.capacity
-    starts = self._last_mask == 0
-    self._current_start[starts] = self.total_steps
-    self._last_mask = np.asarray(mask, np.float32).copy()
-    self.episode_start[i] = self._current_start
+    self.episode_start[i] = self._episode_start
     self.observation[i] = observation
     self.action[i] = action
     self.reward[i] = reward
@@ -116,8 +112,11 @@ class SequenceReplay:
     self.mask[i] = mask
     self.behaviour_logits[i] = behaviour_logits
     self.mc_valid[i] = 0.0
+    reset = np.asarray(mask) == 0
     if self._mc_returns:
-      self._backfill_returns(np.asarray(mask) == 0)
+      self._backfill_returns(reset)
+    # The step after an autoreset step starts the env's next episode.
+    self._episode_start[reset] = self.total_steps + 1
     self.total_steps += 1
 
   def _backfill_returns(self, reset_envs: np.ndarray) -> None:
@@ -133,7 +132,6 @@ class SequenceReplay:
         # A truncated episode's tail has no true Monte-Carlo return.
         self.mc_valid[j, env] = float(self.discount[(now - 1) % self.capacity,
                                                     env] == 0.0)
-      self._episode_start[env] = now + 1
 
   def num_windows(self) -> int:
     """Start times per env whose window and earlier frames are all stored."""

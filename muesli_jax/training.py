@@ -54,13 +54,13 @@ def stacked_shape(spec: envs_lib.EnvSpec, stack: int):
 
 
 def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
-  scale = config.get("observation_scale", 0.0) or spec.observation_scale
+  scale = config.observation_scale or spec.observation_scale
   return nets.make_networks(
       stacked_shape(spec, config.stack), spec.num_actions, config.num_bins,
       config.hidden_size, config.num_blocks, config.head_size, config.torso,
       config.dynamics_core, observation_scale=scale,
-      conv_channels=tuple(config.get("conv_channels", (16, 32, 32))),
-      conv_blocks=config.get("conv_blocks", 2))
+      conv_channels=tuple(config.conv_channels),
+      conv_blocks=config.conv_blocks)
 
 
 def available_memory_bytes() -> int:
