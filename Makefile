@@ -9,7 +9,7 @@ CONFIG ?= configs/lunar.py
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,pixels]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,pixels,video,sweep]"
 	touch $@
 
 install: $(VENV)/.installed

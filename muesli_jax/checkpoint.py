@@ -1,23 +1,187 @@
-"""Saving and restoring a `TrainState` with orbax (atomic, no pickle)."""
+"""A run's checkpoints: orbax `CheckpointManager` steps, atomic, no pickle of
+params.
+
+`RUN_DIR/checkpoints/<env_steps>/` holds one complete checkpoint:
+- `state`: the learner's `TrainState` (params, target params, optimizer
+  state with the learning-rate schedule's position, advantage normaliser);
+- `loop`: JSON counters of the training loop (env steps, updates, episodes,
+  recent returns, elapsed seconds, RNG states of the replay and actor);
+- `arrays`: the actor's arrays (frame stacks, episodes in progress) and, when
+  the env's state can be saved, a snapshot of it;
+- `replay` (optional): the replay's arrays, compressed by orbax (zstd).
+
+orbax writes each step into a temporary folder and renames it when complete,
+so a checkpoint cut in the middle of writing (`kill -9`, a full disk) is
+never listed; `restore` reads the newest complete one and falls back to
+older ones if it cannot be read.
+"""
 
 import os
+from typing import Any, Dict, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+CHECKPOINT_DIR = "checkpoints"
+LEGACY_DIR = "checkpoint"  # runs written before periodic checkpoints
 
-def save(path: str, state) -> str:
-  """Writes `state` (a pytree on host or one device) to `path`; returns it."""
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, unreadable or from another config."""
+
+
+def _path_name(path) -> str:
+  """`params/linear/w` for dict keys, attributes and indices alike (orbax
+  saves NamedTuples as dicts)."""
+  names = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return "/".join(names)
+
+
+def _shapes(tree) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {_path_name(path): (tuple(np.shape(x)),
+                                       str(np.asarray(x).dtype))
+          for path, x in flat}
+
+
+def _check_matches(metadata_tree, like, what: str, where: str) -> None:
+  """orbax restores saved shapes even when `like` differs: check first."""
+  saved = {k: (tuple(v.shape), str(np.dtype(v.dtype)))
+           for k, v in _shapes_of_metadata(metadata_tree).items()}
+  expected = _shapes(like)
+  if saved.keys() != expected.keys():
+    missing = sorted(set(expected) - set(saved))[:2]
+    extra = sorted(set(saved) - set(expected))[:2]
+    raise CheckpointError(
+        f"the {what} in {where} does not match this config (missing "
+        f"{missing or 'nothing'}, unexpected {extra or 'nothing'}): was it "
+        "written with another network or env?")
+  for key, (shape, dtype) in expected.items():
+    if saved[key] != (shape, dtype):
+      raise CheckpointError(
+          f"the {what} in {where} does not match this config: {key} is "
+          f"{saved[key][0]} {saved[key][1]} there but {shape} {dtype} here "
+          "(another network size or env?)")
+
+
+def _shapes_of_metadata(metadata_tree):
+  tree = getattr(metadata_tree, "item_metadata", metadata_tree)
+  tree = getattr(tree, "tree", tree)
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+  return {_path_name(path): x for path, x in flat}
+
+
+class Checkpoints:
+  """The periodic checkpoints of one run, keeping the newest `keep`."""
+
+  def __init__(self, run_dir: str, keep: int = 3):
+    self.directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            # Saved synchronously: the replay and actor arrays change as soon
+            # as training goes on, and a save must be complete when
+            # `save` returns for the next kill to find it.
+            enable_async_checkpointing=False))
+
+  def steps(self):
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def save(self, env_steps: int, state, loop: Dict[str, Any],
+           arrays: Dict[str, np.ndarray],
+           replay: Optional[Dict[str, np.ndarray]] = None) -> str:
+    """Writes one complete checkpoint at `env_steps`; returns its folder."""
+    items = dict(state=ocp.args.StandardSave(jax.device_get(state)),
+                 loop=ocp.args.JsonSave(loop),
+                 arrays=ocp.args.StandardSave(_as_arrays(arrays)))
+    if replay is not None:
+      items["replay"] = ocp.args.StandardSave(_as_arrays(replay))
+    self._manager.save(env_steps, args=ocp.args.Composite(**items), force=True)
+    self._manager.wait_until_finished()
+    return os.path.join(self.directory, str(env_steps))
+
+  def restore(self, like_state):
+    """`(env_steps, state, loop, arrays, replay or None)` of the newest
+    readable checkpoint; `CheckpointError` when there is none or the state
+    does not match `like_state`."""
+    steps = self.steps()
+    if not steps:
+      raise CheckpointError(f"no complete checkpoint in {self.directory}")
+    errors = []
+    for step in reversed(steps):
+      where = os.path.join(self.directory, str(step))
+      metadata = self._manager.item_metadata(step)
+      _check_matches(metadata["state"], jax.device_get(like_state),
+                     "learner state", where)
+      items = dict(state=ocp.args.StandardRestore(jax.device_get(like_state)),
+                   loop=ocp.args.JsonRestore(),
+                   arrays=ocp.args.StandardRestore())
+      if metadata.get("replay") is not None:
+        items["replay"] = ocp.args.StandardRestore()
+      try:
+        restored = self._manager.restore(step,
+                                         args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"{where}: {type(e).__name__}: {e}")
+        continue  # An unreadable (e.g. truncated) checkpoint: try older.
+      if errors:
+        print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}",
+              flush=True)
+      replay = restored["replay"] if "replay" in items else None
+      return (step, restored["state"], restored["loop"],
+              dict(restored["arrays"]), replay)
+    raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+
+  def close(self):
+    self._manager.close()
+
+
+def _as_arrays(tree: Dict[str, Any]) -> Dict[str, np.ndarray]:
+  # orbax takes arrays, not numpy scalars.
+  return {k: np.asarray(v) for k, v in tree.items()}
+
+
+def load_train_state(run_dir: str, like):
+  """The `TrainState` of a run's newest complete checkpoint (e.g. to
+  evaluate it), in the structure of `like`.
+
+  Reads `RUN_DIR/checkpoints/` and, for older runs, `RUN_DIR/checkpoint/`.
+  Raises `CheckpointError` with one line when there is none or it does not
+  match `like` (another network size or env).
+  """
+  if os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
+    checkpoints = Checkpoints(run_dir)
+    try:
+      return checkpoints.restore(like)[1]
+    finally:
+      checkpoints.close()
+  legacy = os.path.abspath(os.path.join(run_dir, LEGACY_DIR))
+  if not os.path.isdir(legacy):
+    raise CheckpointError(f"no checkpoint in {run_dir} (neither "
+                          f"{CHECKPOINT_DIR}/ nor {LEGACY_DIR}/)")
+  checkpointer = ocp.StandardCheckpointer()
+  like = jax.device_get(like)
+  _check_matches(checkpointer.metadata(legacy), like, "learner state", legacy)
+  return checkpointer.restore(legacy, like)
+
+
+def save(path: str, state) -> str:  # TEMPORARY until training uses Checkpoints
   path = os.path.abspath(path)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, jax.device_get(state), force=True)
   checkpointer.wait_until_finished()
   return path
-
-
-def restore(path: str, like):
-  """Reads the pytree at `path` into the structure of `like`."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
-  return ocp.StandardCheckpointer().restore(path, jax.device_get(like))

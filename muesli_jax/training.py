@@ -177,7 +177,8 @@ class DeviceUpdate:
     return replicas_identical(state) if self.replicated else True
 
 
-def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]:
+def train(config, run_name: str = None, progress: bool = True,
+          run_dir: str = None, on_log=None) -> Dict[str, Any]:
   """Trains per `config`; returns a summary (also written as summary.json)."""
   if config.distributed:
     jax.distributed.initialize()
@@ -190,7 +191,7 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
   except ConfigError:
     envs.close()
     raise
-  logdir = os.path.join(config.logdir, run_name)
+  logdir = run_dir or os.path.join(config.logdir, run_name)
   os.makedirs(logdir, exist_ok=True)
   with open(os.path.join(logdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
@@ -209,7 +210,8 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
   steps_per_iteration = config.num_envs * config.steps_per_update
   recent = collections.deque(maxlen=100)
   summary = dict(env_id=config.env_id, seed=config.seed, solved_at_steps=None,
-                 solved_at_seconds=None, updates=0, episodes=0, interrupted=False)
+                 solved_at_seconds=None, updates=0, episodes=0, interrupted=False,
+                 stopped_early=False)
   bar = tqdm.tqdm(total=config.total_env_steps, unit="step", disable=not progress,
                   dynamic_ncols=True, mininterval=1.0)
   start = time.time()
@@ -252,6 +254,10 @@ def train(config, run_name: str = None, progress: bool = True) -> Dict[str, Any]
         episodes_csv.flush()
         writer.add_scalar("speed/env_steps_per_second",
                           actor.env_steps / elapsed, actor.env_steps)
+        if on_log is not None and recent and on_log(actor.env_steps,
+                                                    float(np.mean(recent))):
+          summary["stopped_early"] = True
+          break
         bar.set_postfix(sps=f"{actor.env_steps / elapsed:.0f}",
                         ret100=f"{np.mean(recent):.1f}" if recent else "n/a",
                         refresh=False)
