@@ -44,4 +44,10 @@ def get_config():
   c.value_max = 300.0
   c.log_interval = 100
   c.solve_return = 1e9  # no "solved" level: report the curve
+  # The replay (~3.5 GiB of frames, less once compressed) is saved with
+  # every checkpoint: keep them rare.
+  c.checkpoint_interval = 500_000
+  c.keep_checkpoints = 2
+  c.eval_interval = 250_000
+  c.eval_episodes = 5
   return c

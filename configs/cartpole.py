@@ -15,4 +15,6 @@ def get_config():
   c.discount = 0.99
   c.entropy_weight = 0.0
   c.solve_return = 475.0
+  c.checkpoint_interval = 10_000
+  c.eval_interval = 10_000
   return c

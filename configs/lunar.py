@@ -69,5 +69,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_interval = 50  # updates between TensorBoard writes
   c.solve_return = 200.0  # reported when the mean of the last 100 reaches it
   c.stop_when_solved = False
+  # Checkpoints and evaluation (env steps between them; 0 turns them off).
+  c.checkpoint_interval = 50_000
+  c.keep_checkpoints = 3
+  c.checkpoint_replay = True  # needed for an exact resume; costs disk/time
+  c.checkpoint_envs = True  # env state, where it pickles (exact resume)
+  c.eval_interval = 50_000
+  c.eval_episodes = 10
+  c.eval_greedy = False  # sample like training; True: argmax actions
+  c.eval_video = True  # a strip of frames of one episode in TensorBoard
   c.distributed = False  # jax.distributed.initialize() for multi-host runs
   return c

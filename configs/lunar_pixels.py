@@ -18,6 +18,8 @@ def get_config():
   c.stack = 4
   c.async_envs = True
   c.total_env_steps = 2_000_000
+  c.checkpoint_interval = 100_000  # the replay holds ~2.4 GiB of frames
+  c.keep_checkpoints = 2
   c.num_envs = 16
   c.steps_per_update = 1
   c.replay_capacity = 25_000  # x 16 envs = 400k frames (~2.4 GiB)

@@ -33,4 +33,6 @@ def get_config():
   c.observation_scale = 1.0  # channels are 0/1
   c.max_episode_steps = 10_000  # MinAtar registers no time limit
   c.solve_return = 1e9  # no "solved" level: report the curve
+  c.checkpoint_interval = 100_000
+  c.eval_interval = 100_000
   return c

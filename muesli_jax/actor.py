@@ -5,7 +5,8 @@ policy, stacks observations, and writes every step to the replay. It knows
 nothing of losses.
 """
 
-from typing import List, Tuple
+import pickle
+from typing import Any, Dict, List, Optional, Tuple
 
 import gymnasium as gym
 import jax
@@ -53,6 +54,37 @@ class FrameStack:
       self.frames[restart] = frames[restart][:, None]
 
 
+def snapshot_envs(envs: gym.vector.VectorEnv) -> Optional[bytes]:
+  """The state of every env of a `SyncVectorEnv`, or None where it cannot
+  be saved.
+
+  Classic-control, MinAtar and MiniGrid envs pickle with their RNGs, so a
+  run resumed from the snapshot steps exactly as it would have. Box2D
+  (LunarLander) does not pickle, and envs in subprocesses are out of reach.
+  """
+  if not isinstance(envs, gym.vector.SyncVectorEnv):
+    return None
+  try:
+    return pickle.dumps((envs.envs, envs._autoreset_envs))  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def restore_envs(envs: gym.vector.SyncVectorEnv, snapshot: bytes) -> None:
+  """Puts a `snapshot_envs` state into `envs`, closing the envs it replaces.
+
+  Unpickling runs code: a snapshot is read only from the run's own folder.
+  """
+  restored, autoreset = pickle.loads(snapshot)
+  if len(restored) != envs.num_envs:
+    raise ValueError(f"the saved env state has {len(restored)} envs, the "
+                     f"run {envs.num_envs}")
+  for env in envs.envs:
+    env.close()
+  envs.envs = restored
+  envs._autoreset_envs = autoreset  # pylint: disable=protected-access
+
+
 class Actor:
   """Runs `num_envs` environments in lockstep and fills a replay."""
 
@@ -70,6 +102,34 @@ class Actor:
     self.env_steps = 0
     self._num_steps = 0
     self._finished: List[Tuple[float, int]] = []  # (return, length)
+
+  def state_dict(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """`(counters, arrays)`: what a checkpoint needs to act on exactly as
+    this actor would (the envs themselves are saved by `snapshot_envs`)."""
+    counters = dict(env_steps=self.env_steps, num_steps=self._num_steps)
+    arrays = dict(frames=self._frames.frames,
+                  after_episode_end=self._after_episode_end,
+                  episode_return=self._episode_return,
+                  episode_length=self._episode_length)
+    return counters, arrays
+
+  def load_state_dict(self, counters: Dict[str, Any],
+                      arrays: Dict[str, np.ndarray]) -> None:
+    self.env_steps = int(counters["env_steps"])
+    self._num_steps = int(counters["num_steps"])
+    self._frames.frames = np.array(arrays["frames"])
+    self._after_episode_end = np.array(arrays["after_episode_end"], bool)
+    self._episode_return = np.array(arrays["episode_return"], np.float64)
+    self._episode_length = np.array(arrays["episode_length"], np.int64)
+
+  def restart_episodes(self, seed: int) -> None:
+    """Resets every env (their state could not be saved) and starts fresh
+    episodes; the replay must cut the episodes in progress."""
+    obs, _ = self._envs.reset(seed=seed)
+    self._frames = FrameStack(obs, self._frames.frames.shape[1])
+    self._after_episode_end[:] = False
+    self._episode_return[:] = 0.0
+    self._episode_length[:] = 0
 
   def pop_episodes(self) -> List[Tuple[float, int]]:
     """`(return, length)` of the episodes finished since the last call."""

@@ -87,6 +87,11 @@ class Checkpoints:
     self.directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
     self._manager = ocp.CheckpointManager(
         self.directory,
+        # Named handlers let a fresh process read the items' metadata.
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                           loop=ocp.JsonCheckpointHandler(),
+                           arrays=ocp.StandardCheckpointHandler(),
+                           replay=ocp.StandardCheckpointHandler()),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
             # Saved synchronously: the replay and actor arrays change as soon
@@ -124,7 +129,13 @@ class Checkpoints:
     errors = []
     for step in reversed(steps):
       where = os.path.join(self.directory, str(step))
-      metadata = self._manager.item_metadata(step)
+      try:
+        metadata = self._manager.item_metadata(step)
+        if metadata["state"] is None:
+          raise ValueError("no learner state")
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"{where}: {type(e).__name__}: {e}")
+        continue
       _check_matches(metadata["state"], jax.device_get(like_state),
                      "learner state", where)
       items = dict(state=ocp.args.StandardRestore(jax.device_get(like_state)),

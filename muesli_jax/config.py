@@ -8,6 +8,7 @@ they replace. Every problem raises `ConfigError` with one clear line.
 import ast
 import difflib
 import importlib.util
+import json
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -134,6 +135,58 @@ def parse_args(argv: Sequence[str],
   return config
 
 
+def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
+  """A run's saved `config.json` over the current defaults (older runs lack
+  newer keys), locked like a config file's."""
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read {path}: {e}") from None
+  config = load_config_file("lunar.py")
+  with config.unlocked():
+    for key, value in saved.items():
+      config[key] = tuple(value) if isinstance(value, list) else value
+  return config
+
+
+def parse_resume_args(argv: Sequence[str]):
+  """`--resume RUN_DIR [--config.KEY=VALUE ...]` -> `(run_dir, config)`:
+  the run's own config, with overrides (e.g. a longer `total_env_steps`)."""
+  args = list(argv)
+  i = args.index("--resume")
+  if i + 1 >= len(args) or args[i + 1].startswith("--"):
+    raise ConfigError("--resume needs a run folder, e.g. --resume runs/RUN")
+  run_dir = args[i + 1]
+  rest = args[:i] + args[i + 2:]
+  if any(a in ("--config", "-c") or a.startswith("--config=") for a in rest):
+    raise ConfigError("--resume takes the run's own config; change single "
+                      "keys with --config.KEY=VALUE")
+  config = load_run_config(run_dir)
+  config.lock()
+  overrides = []
+  j = 0
+  while j < len(rest):
+    arg = rest[j]
+    if not arg.startswith("--config."):
+      raise ConfigError(f"unexpected argument {arg!r}")
+    body = arg[len("--config."):]
+    if "=" in body:
+      overrides.append(tuple(body.split("=", 1)))
+      j += 1
+    elif j + 1 < len(rest):
+      overrides.append((body, rest[j + 1]))
+      j += 2
+    else:
+      raise ConfigError(f"{arg} needs a value, e.g. {arg}=...")
+  apply_overrides(config, overrides)
+  validate(config)
+  return run_dir, config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values that would otherwise fail deep inside JAX or gymnasium."""
   positive = ["learning_rate", "batch_size", "num_envs", "total_env_steps",
@@ -143,6 +196,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in positive:
     if key in config and not config[key] > 0:
       raise ConfigError(f"{key} must be positive, got {config[key]}")
+  for key in ("checkpoint_interval", "eval_interval"):
+    if key in config and config[key] < 0:
+      raise ConfigError(f"{key} must be >= 0 (0 turns it off), got "
+                        f"{config[key]}")
+  for key in ("keep_checkpoints", "eval_episodes"):
+    if key in config and config[key] < 1:
+      raise ConfigError(f"{key} must be at least 1, got {config[key]}")
   unit = ["discount", "replay_proportion", "target_update_rate",
           "retrace_lambda", "adv_norm_decay"]
   for key in unit:

@@ -12,7 +12,7 @@ window is sampled (frames before an episode's first step repeat that first
 step, as the actor stacks them), so pixels are not stored `stack` times.
 """
 
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -195,8 +195,37 @@ class SequenceReplay:
     frames = self.observation[frame_times % self.capacity, cols]
     return stack_frames(frames, self._frame_ndim)
 
-  def state_dict(self) -> Dict[str, np.ndarray]:
-    return {k: getattr(self, k) for k in ("observation", "action", "reward",
-                                          "discount", "mask",
-                                          "behaviour_logits", "mc_return",
-                                          "mc_valid", "episode_start")}
+  _ARRAYS = ("observation", "action", "reward", "discount", "mask",
+             "behaviour_logits", "mc_return", "mc_valid", "episode_start")
+
+  def state_dict(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """`(counters, arrays)`: everything a resumed run needs to sample the
+    same batches (contents, write position, sampling RNG)."""
+    counters = dict(total_steps=self.total_steps,
+                    rng=self._rng.bit_generator.state)
+    arrays = {k: getattr(self, k) for k in self._ARRAYS}
+    arrays["current_episode_start"] = self._episode_start
+    return counters, arrays
+
+  def load_state_dict(self, counters: Dict[str, Any],
+                      arrays: Dict[str, np.ndarray]) -> None:
+    for key in self._ARRAYS:
+      if arrays[key].shape != getattr(self, key).shape:
+        raise ValueError(f"saved replay {key} has shape {arrays[key].shape}, "
+                         f"this run's {getattr(self, key).shape}")
+      getattr(self, key)[...] = arrays[key]
+    self._episode_start[...] = arrays["current_episode_start"]
+    self.total_steps = int(counters["total_steps"])
+    self._rng.bit_generator.state = counters["rng"]
+
+  def cut_episodes(self) -> None:
+    """Ends every env's episode at the newest step, as a truncation.
+
+    For a resume whose envs restart: the newest step's successor is lost,
+    so its transition is masked like an autoreset step, and the next step
+    written starts a new episode (its frame stack does not look back).
+    """
+    if self.total_steps == 0:
+      return
+    self.mask[(self.total_steps - 1) % self.capacity] = 0.0
+    self._episode_start[:] = self.total_steps

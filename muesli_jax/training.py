@@ -1,14 +1,19 @@
-"""The synchronous training loop: act, store, sample, update, log."""
+"""The synchronous training loop: act, store, sample, update, log.
+
+`train` reads top to bottom: `setup` (or resume from a checkpoint), then
+per iteration `act`, `learn`, `log`, `evaluate` and `save` when due.
+"""
 
 import collections
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import signal
 import threading
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -17,7 +22,9 @@ from tensorboardX import SummaryWriter
 
 from muesli_jax import checkpoint, envs as envs_lib, learner, networks as nets
 from muesli_jax import replay as replay_lib
-from muesli_jax.actor import Actor
+from muesli_jax.actor import Actor, restore_envs, snapshot_envs
+from muesli_jax.evaluation import Evaluator
+from muesli_jax.video import frame_strip
 from muesli_jax.config import ConfigError
 
 
@@ -177,108 +184,377 @@ class DeviceUpdate:
     return replicas_identical(state) if self.replicated else True
 
 
-def train(config, run_name: str = None, progress: bool = True,
-          run_dir: str = None, on_log=None) -> Dict[str, Any]:
-  """Trains per `config`; returns a summary (also written as summary.json)."""
-  if config.distributed:
-    jax.distributed.initialize()
+@dataclasses.dataclass
+class Progress:
+  """The loop's own counters; saved in every checkpoint (as JSON)."""
+  updates: int = 0
+  episodes: int = 0
+  seconds: float = 0.0  # training time before this process (resumed runs)
+  solved_at_steps: Optional[int] = None
+  solved_at_seconds: Optional[float] = None
+  recent_returns: List[float] = dataclasses.field(default_factory=list)
+  evaluations: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+  last_checkpoint: int = 0  # env steps
+  resumed_at: List[int] = dataclasses.field(default_factory=list)
+  exact_resume: bool = True  # False once envs restarted on a resume
+
+
+class Logger:
+  """TensorBoard, `episodes.csv` and the progress bar of one run.
+
+  A resumed run drops what was logged after its checkpoint: CSV rows past
+  it are removed and TensorBoard purges events from its step on.
+  """
+
+  def __init__(self, run_dir: str, config, env_steps: int, resumed: bool,
+               progress: bool):
+    path = os.path.join(run_dir, "episodes.csv")
+    if resumed and os.path.exists(path):
+      with open(path) as f:
+        rows = f.readlines()
+      kept = rows[:1] + [r for r in rows[1:]
+                         if int(r.split(",", 1)[0]) <= env_steps]
+      with open(path, "w") as f:
+        f.writelines(kept)
+      self._csv = open(path, "a")
+    else:
+      self._csv = open(path, "w")
+      self._csv.write("env_steps,seconds,episode_return,length\n")
+    self.writer = SummaryWriter(run_dir,
+                                purge_step=env_steps if resumed else None)
+    self._bar = tqdm.tqdm(total=config.total_env_steps, initial=env_steps,
+                          unit="step", disable=not progress,
+                          dynamic_ncols=True, mininterval=1.0)
+
+  def episode(self, env_steps: int, seconds: float, ret: float, length: int):
+    self.writer.add_scalar("episode/return", ret, env_steps)
+    self.writer.add_scalar("episode/length", length, env_steps)
+    self._csv.write(f"{env_steps},{seconds:.1f},{ret:.2f},{length}\n")
+
+  def scalars(self, prefix: str, values: Dict[str, Any], env_steps: int):
+    for key, value in values.items():
+      self.writer.add_scalar(f"{prefix}/{key}", float(np.asarray(value)),
+                             env_steps)
+
+  def advance(self, env_steps: int, **postfix):
+    self._bar.update(env_steps - self._bar.n)
+    if postfix:
+      self._bar.set_postfix(refresh=False, **postfix)
+
+  def message(self, text: str):
+    self._bar.write(text) if not self._bar.disable else None
+
+  def flush(self):
+    self._csv.flush()
+    self.writer.flush()
+
+  def close(self):
+    self._bar.close()
+    self._csv.close()
+    self.writer.close()
+
+
+class Run:
+  """Everything one training run holds; built by `setup`."""
+
+  def __init__(self, config, run_dir: str, envs, replay, networks, update,
+               state, actor, checkpoints, evaluator, progress: Progress):
+    self.config, self.run_dir = config, run_dir
+    self.envs, self.replay, self.networks = envs, replay, networks
+    self.update, self.state, self.actor = update, state, actor
+    self.checkpoints, self.evaluator, self.progress = (checkpoints, evaluator,
+                                                       progress)
+    self.logger: Optional[Logger] = None
+    self.started = time.time()
+    self.first_env_steps = actor.env_steps
+    self._seconds_before = progress.seconds  # of the processes before this
+    self.recent = collections.deque(progress.recent_returns, maxlen=100)
+
+  @property
+  def env_steps(self) -> int:
+    return self.actor.env_steps
+
+  def seconds(self) -> float:
+    return self._seconds_before + time.time() - self.started
+
+  def acting_params(self):
+    return self.update.first(self.state.target_params)
+
+  def mean_return(self) -> Optional[float]:
+    return float(np.mean(self.recent)) if self.recent else None
+
+
+def default_run_dir(config) -> str:
+  name = (f"{config.env_id.replace('/', '_')}_seed{config.seed}_"
+          f"{time.strftime('%Y%m%d-%H%M%S')}")
+  return os.path.join(config.logdir, name)
+
+
+def _make_run_dir(run_dir: str) -> None:
+  try:
+    os.makedirs(run_dir, exist_ok=True)
+    probe = os.path.join(run_dir, ".write_test")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"cannot write the run folder {run_dir}: "
+                      f"{e.strerror or e}") from None
+
+
+def setup(config, run_dir: str, resume: bool, progress: bool) -> Run:
+  """Builds envs, replay, networks, state and actor; restores them from the
+  newest checkpoint when `resume`. Bad configs raise before anything is
+  written."""
   check_batch_split(config, jax.local_device_count())
-  run_name = run_name or f"{config.env_id.replace('/', '_')}_seed{config.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+  if resume and not os.path.isdir(os.path.join(run_dir,
+                                               checkpoint.CHECKPOINT_DIR)):
+    raise checkpoint.CheckpointError(
+        f"{run_dir} has no {checkpoint.CHECKPOINT_DIR}/ folder to resume from")
   envs = envs_lib.make_vector_env(config)
   spec = envs_lib.env_spec(envs, config.env_id)
-  try:  # Bad sizes stop here, before anything is written.
+  try:
     replay = make_replay(config, spec, verbose=progress)
+    if not resume:
+      _make_run_dir(run_dir)
   except ConfigError:
     envs.close()
     raise
-  logdir = run_dir or os.path.join(config.logdir, run_name)
-  os.makedirs(logdir, exist_ok=True)
-  with open(os.path.join(logdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
   networks = build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(config.seed))
-  window = config.sequence_length + config.unroll_steps + 1
   actor = Actor(envs, networks, replay, config.stack, config.seed)
-
+  checkpoints = checkpoint.Checkpoints(run_dir, keep=config.keep_checkpoints)
+  run_progress = Progress()
+  if resume:
+    try:
+      state, run_progress = restore(checkpoints, config, state, actor, replay,
+                                    envs, verbose=progress)
+    except Exception:
+      envs.close()
+      checkpoints.close()
+      raise
+  # Written once the checkpoint is known to match: a resume with overrides
+  # (e.g. a longer run) records them.
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
   update = DeviceUpdate(networks, config)
-  state = update.place(state)
-  acting_params = lambda s: update.first(s.target_params)
+  evaluator = None
+  if config.eval_interval > 0:
+    evaluator = Evaluator(config, networks, config.eval_episodes,
+                          config.eval_greedy)
+  return Run(config, run_dir, envs, replay, networks, update,
+             update.place(state), actor, checkpoints, evaluator, run_progress)
 
-  writer = SummaryWriter(logdir)
-  episodes_csv = open(os.path.join(logdir, "episodes.csv"), "w")
-  episodes_csv.write("env_steps,seconds,episode_return,length\n")
-  steps_per_iteration = config.num_envs * config.steps_per_update
-  recent = collections.deque(maxlen=100)
-  summary = dict(env_id=config.env_id, seed=config.seed, solved_at_steps=None,
-                 solved_at_seconds=None, updates=0, episodes=0, interrupted=False,
-                 stopped_early=False)
-  bar = tqdm.tqdm(total=config.total_env_steps, unit="step", disable=not progress,
-                  dynamic_ncols=True, mininterval=1.0)
-  start = time.time()
-  try:
-    while actor.env_steps < config.total_env_steps:
-      actor.step(acting_params(state), config.steps_per_update)
-      bar.update(steps_per_iteration)
-      for ret, length in actor.pop_episodes():
-        recent.append(ret)
-        summary["episodes"] += 1
-        writer.add_scalar("episode/return", ret, actor.env_steps)
-        writer.add_scalar("episode/length", length, actor.env_steps)
-        episodes_csv.write(f"{actor.env_steps},{time.time() - start:.1f},"
-                           f"{ret:.2f},{length}\n")
-      if (summary["solved_at_steps"] is None and len(recent) == 100 and
-          np.mean(recent) >= config.solve_return):
-        summary["solved_at_steps"] = actor.env_steps
-        summary["solved_at_seconds"] = time.time() - start
-        if config.stop_when_solved:
-          break
-      if replay.total_steps < config.warmup_steps + window:
-        continue
 
-      batch = replay.sample(config.batch_size, config.steps_per_update,
+def save(run: Run) -> None:
+  """Writes a checkpoint of the whole run at its current env step."""
+  config, progress = run.config, run.progress
+  progress.seconds = run.seconds()
+  progress.recent_returns = list(run.recent)
+  progress.last_checkpoint = run.env_steps
+  actor_counters, actor_arrays = run.actor.state_dict()
+  replay_counters, replay_arrays = run.replay.state_dict()
+  envs_state = None
+  if config.checkpoint_envs and not config.env_id.startswith("ALE/"):
+    # ALE's emulator pickles but does not resume bit for bit: restart it.
+    envs_state = snapshot_envs(run.envs)
+  if envs_state is not None:
+    actor_arrays["envs"] = np.frombuffer(envs_state, np.uint8)
+  loop = dict(progress=dataclasses.asdict(progress), actor=actor_counters,
+              replay=replay_counters)
+  with interrupts_deferred():
+    run.checkpoints.save(run.env_steps, run.update.first(run.state), loop,
+                         actor_arrays,
+                         replay_arrays if config.checkpoint_replay else None)
+
+
+def restore(checkpoints, config, state, actor, replay, envs, verbose: bool):
+  """Loads the newest complete checkpoint into `actor` and `replay`;
+  returns `(state, progress)`."""
+  env_steps, state, loop, arrays, replay_arrays = checkpoints.restore(state)
+  progress = Progress(**loop["progress"])
+  actor.load_state_dict(loop["actor"], arrays)
+  if replay_arrays is not None:
+    replay.load_state_dict(loop["replay"], replay_arrays)
+  envs_state = arrays.get("envs")
+  if envs_state is not None:
+    restore_envs(envs, envs_state.tobytes())
+  else:
+    # The envs' state was not saved: new episodes, the cut ones truncated.
+    actor.restart_episodes(seed=config.seed + 7919 * (len(progress.resumed_at)
+                                                      + 1))
+    replay.cut_episodes()
+    progress.exact_resume = False
+  progress.resumed_at.append(env_steps)
+  if verbose:
+    print(f"resumed at env step {env_steps} (update {progress.updates}); "
+          f"envs {'restored' if envs_state is not None else 'restarted'}, "
+          f"replay {'restored' if replay_arrays is not None else 'empty'}",
+          flush=True)
+  return state, progress
+
+
+def act(run: Run) -> None:
+  """Steps the envs `steps_per_update` times and records finished episodes."""
+  run.actor.step(run.acting_params(), run.config.steps_per_update)
+  progress = run.progress
+  for ret, length in run.actor.pop_episodes():
+    run.recent.append(ret)
+    progress.episodes += 1
+    run.logger.episode(run.env_steps, run.seconds(), ret, length)
+  if (progress.solved_at_steps is None and len(run.recent) == 100 and
+      np.mean(run.recent) >= run.config.solve_return):
+    progress.solved_at_steps = run.env_steps
+    progress.solved_at_seconds = run.seconds()
+
+
+def learn(run: Run):
+  """One update on a replay batch; returns its metrics (None in warm-up)."""
+  config = run.config
+  window = config.sequence_length + config.unroll_steps + 1
+  if run.replay.total_steps < config.warmup_steps + window:
+    return None
+  batch = run.replay.sample(config.batch_size, config.steps_per_update,
                             config.replay_proportion)
-      with interrupts_deferred():
-        state, metrics = update(state, batch)
-      summary["updates"] += 1
-      loss = float(update.first(metrics["loss"]))
-      if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"loss became {loss} at update {summary['updates']} "
-            f"(env step {actor.env_steps}); stopping")
-      if summary["updates"] % config.log_interval == 0:
-        metrics = jax.device_get(update.first(metrics))
-        elapsed = time.time() - start
-        for key, value in metrics.items():
-          value = np.asarray(value)
-          writer.add_scalar(f"learner/{key}", float(value), actor.env_steps)
-        episodes_csv.flush()
-        writer.add_scalar("speed/env_steps_per_second",
-                          actor.env_steps / elapsed, actor.env_steps)
-        if on_log is not None and recent and on_log(actor.env_steps,
-                                                    float(np.mean(recent))):
-          summary["stopped_early"] = True
-          break
-        bar.set_postfix(sps=f"{actor.env_steps / elapsed:.0f}",
-                        ret100=f"{np.mean(recent):.1f}" if recent else "n/a",
-                        refresh=False)
-  except KeyboardInterrupt:
-    summary["interrupted"] = True
-    print("\ninterrupted: saving a checkpoint of the current state")
-  finally:
-    bar.close()
-    summary.update(env_steps=actor.env_steps, seconds=time.time() - start,
-                   update_compilations=update.traces,
-                   devices=len(update.devices),
-                   replicas_identical=update.replicas_identical(state),
-                   mean_return_last_100=float(np.mean(recent)) if recent else None,
-                   returns_last_100=[float(r) for r in recent])
-    host_state = update.first(state)
-    summary["checkpoint"] = checkpoint.save(
-        os.path.join(logdir, "checkpoint"), host_state)
-    writer.close()
-    episodes_csv.close()
-    with open(os.path.join(logdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    envs.close()
-  return summary
+  run.state, metrics = run.update(run.state, batch)
+  run.progress.updates += 1
+  loss = float(run.update.first(metrics["loss"]))
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f"loss became {loss} at update {run.progress.updates} (env step "
+        f"{run.env_steps}); stopping (the last checkpoint is kept)")
+  return metrics
 
+
+def log(run: Run, metrics) -> None:
+  metrics = jax.device_get(run.update.first(metrics))
+  run.logger.scalars("learner", metrics, run.env_steps)
+  # Speed of this process (a resumed run starts counting again).
+  sps = (run.env_steps - run.first_env_steps) / max(time.time() - run.started,
+                                                   1e-9)
+  run.logger.writer.add_scalar("speed/env_steps_per_second", sps,
+                               run.env_steps)
+  run.logger.flush()
+  mean = run.mean_return()
+  run.logger.advance(run.env_steps, sps=f"{sps:.0f}",
+                     ret100="n/a" if mean is None else f"{mean:.1f}")
+
+
+def evaluate(run: Run) -> Dict[str, float]:
+  """Plays `eval_episodes` fresh episodes with the acting params; logs
+  `eval/return_mean`, `eval/return_std` and a strip of frames."""
+  config = run.config
+  seed = config.seed + 10_000 + 7919 * len(run.progress.evaluations)
+  result = run.evaluator(run.acting_params(), seed=seed,
+                         record=config.eval_video)
+  figures = dict(env_steps=run.env_steps,
+                 return_mean=float(np.mean(result.returns)),
+                 return_std=float(np.std(result.returns)),
+                 length_mean=float(np.mean(result.lengths)))
+  run.progress.evaluations.append(figures)
+  run.logger.scalars("eval", {k: v for k, v in figures.items()
+                              if k != "env_steps"}, run.env_steps)
+  if result.frames:
+    run.logger.writer.add_image("eval/episode", frame_strip(result.frames),
+                                run.env_steps, dataformats="HWC")
+  run.logger.message(f"evaluation at {run.env_steps} env steps: "
+                     f"{figures['return_mean']:.1f} ± "
+                     f"{figures['return_std']:.1f} over {len(result.returns)} "
+                     f"{'greedy' if config.eval_greedy else 'sampled'} episodes")
+  return figures
+
+
+def _due(interval: int, last: int, now: int) -> bool:
+  return interval > 0 and now // interval > last // interval
+
+
+def summarize(run: Run, interrupted: bool, stopped_early: bool) -> Dict[str, Any]:
+  progress, last_eval = run.progress, (run.progress.evaluations or [None])[-1]
+  return dict(
+      env_id=run.config.env_id, seed=run.config.seed,
+      solved_at_steps=progress.solved_at_steps,
+      solved_at_seconds=progress.solved_at_seconds,
+      updates=progress.updates, episodes=progress.episodes,
+      interrupted=interrupted, stopped_early=stopped_early,
+      env_steps=run.env_steps, seconds=run.seconds(),
+      update_compilations=run.update.traces, devices=len(run.update.devices),
+      replicas_identical=run.update.replicas_identical(run.state),
+      mean_return_last_100=run.mean_return(),
+      returns_last_100=[float(r) for r in run.recent],
+      eval_return_mean=last_eval and last_eval["return_mean"],
+      eval_return_std=last_eval and last_eval["return_std"],
+      evaluations=progress.evaluations,
+      resumed_at=progress.resumed_at, exact_resume=progress.exact_resume,
+      checkpoint=None)
+
+
+def train(config, run_dir: Optional[str] = None, resume: bool = False,
+          progress: bool = True,
+          on_log: Optional[Callable[[int, float], bool]] = None,
+          run_name: Optional[str] = None) -> Dict[str, Any]:
+  """Trains per `config` into `run_dir`; returns a summary (also written as
+  summary.json).
+
+  `resume` continues the run in `run_dir` from its newest checkpoint.
+  `on_log(env_steps, mean_return_last_100)` is called at every log and may
+  return True to stop the run early (e.g. a pruned sweep trial).
+  """
+  if config.distributed:
+    jax.distributed.initialize()
+  if run_dir is None:
+    run_dir = (os.path.join(config.logdir, run_name) if run_name
+               else default_run_dir(config))
+  run = setup(config, run_dir, resume, progress)
+  run.logger = Logger(run_dir, config, run.env_steps, resume, progress)
+  interrupted = stopped_early = failed = False
+  try:
+    while run.env_steps < config.total_env_steps:
+      before = run.env_steps
+      # An interrupt waits for the iteration's end: actor, replay and the
+      # (donating) update are then consistent for the checkpoint.
+      with interrupts_deferred():
+        act(run)
+        metrics = None
+        if not (config.stop_when_solved and run.progress.solved_at_steps):
+          metrics = learn(run)
+      if config.stop_when_solved and run.progress.solved_at_steps:
+        break
+      if metrics is not None and run.progress.updates % config.log_interval == 0:
+        log(run, metrics)
+        mean = run.mean_return()
+        if on_log is not None and mean is not None and on_log(run.env_steps,
+                                                              mean):
+          stopped_early = True
+          break
+      if _due(config.eval_interval, before, run.env_steps):
+        evaluate(run)
+      if _due(config.checkpoint_interval, before, run.env_steps):
+        save(run)
+  except KeyboardInterrupt:
+    interrupted = True
+    print("\ninterrupted: saving a checkpoint of the current state", flush=True)
+  except NonFiniteLossError:
+    failed = True  # The state is not finite: keep the last checkpoint.
+    raise
+  finally:
+    try:
+      if (run.evaluator is not None and not interrupted and not failed and
+          not (run.progress.evaluations and
+               run.progress.evaluations[-1]["env_steps"] == run.env_steps)):
+        evaluate(run)
+      if not failed and run.progress.last_checkpoint != run.env_steps:
+        save(run)
+      summary = summarize(run, interrupted, stopped_early)
+      summary["checkpoint"] = (os.path.join(run.checkpoints.directory,
+                                            str(run.checkpoints.latest_step()))
+                               if run.checkpoints.latest_step() is not None
+                               else None)
+      with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    finally:
+      run.logger.close()
+      run.checkpoints.close()
+      if run.evaluator is not None:
+        run.evaluator.close()
+      run.envs.close()
+  return summary

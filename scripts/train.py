@@ -1,4 +1,11 @@
-"""Trains Muesli: `python scripts/train.py --config lunar.py [--config.KEY=VALUE ...]`."""
+"""Trains Muesli.
+
+  python scripts/train.py --config lunar.py [--config.KEY=VALUE ...]
+  python scripts/train.py --resume runs/RUN [--config.KEY=VALUE ...]
+
+`--resume` continues a run from its newest complete checkpoint, with the
+run's own config (overrides such as a larger total_env_steps allowed).
+"""
 
 import os
 import signal
@@ -7,7 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muesli_jax import envs, training  # noqa: E402
-from muesli_jax.config import ConfigError, parse_args  # noqa: E402
+from muesli_jax.checkpoint import CheckpointError  # noqa: E402
+from muesli_jax.config import ConfigError, parse_args, parse_resume_args  # noqa: E402
 from muesli_jax.envs import UnknownEnvError  # noqa: E402
 
 
@@ -24,10 +32,14 @@ def main(argv) -> int:
     print(__doc__)
     return 0
   try:
-    config = parse_args(argv)
+    if "--resume" in argv:
+      run_dir, config = parse_resume_args(argv)
+    else:
+      config, run_dir = parse_args(argv), None
     envs.check_env_id(config.env_id)
-    summary = training.train(config)
-  except (ConfigError, UnknownEnvError) as e:
+    summary = training.train(config, run_dir=run_dir,
+                             resume=run_dir is not None)
+  except (ConfigError, UnknownEnvError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except training.NonFiniteLossError as e:
@@ -39,6 +51,10 @@ def main(argv) -> int:
           f"{config.solve_return:g} at {solved} env steps "
           f"({summary['solved_at_seconds']:.0f} s)")
   print(f"checkpoint: {summary['checkpoint']}")
+  if summary["eval_return_mean"] is not None:
+    print(f"evaluation: {summary['eval_return_mean']:.4g} ± "
+          f"{summary['eval_return_std']:.3g} "
+          f"({config.eval_episodes} episodes at {summary['env_steps']} steps)")
   mean = summary["mean_return_last_100"]
   print(f"mean return of the last 100 episodes: "
         f"{'n/a' if mean is None else f'{mean:.4g}'} "

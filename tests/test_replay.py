@@ -111,13 +111,13 @@ def test_memory_does_not_grow_past_capacity():
   capacity = 16
   replay = make_replay(capacity=capacity, num_envs=3, window=4,
                        mc_returns=True)
-  shapes = {k: v.shape for k, v in replay.state_dict().items()}
+  shapes = {k: v.shape for k, v in replay.state_dict()[1].items()}
   before = replay.nbytes()
   for t in range(10 * capacity):
     write_step(replay, t, reward=1.0, discount=1.0,
                mask=0.0 if t % 7 == 6 else 1.0)
   assert replay.nbytes() == before
-  assert {k: v.shape for k, v in replay.state_dict().items()} == shapes
+  assert {k: v.shape for k, v in replay.state_dict()[1].items()} == shapes
   assert replay.size == capacity
   assert replay.total_steps == 10 * capacity
   assert replay.observation.shape == (capacity, 3, 2)
