@@ -111,8 +111,9 @@ class Checkpoints:
            replay: Optional[Dict[str, np.ndarray]] = None) -> str:
     """Writes one complete checkpoint at `env_steps`; returns its folder."""
     items = dict(state=ocp.args.StandardSave(jax.device_get(state)),
-                 loop=ocp.args.JsonSave(loop),
-                 arrays=ocp.args.StandardSave(_as_arrays(arrays)))
+                 loop=ocp.args.JsonSave(loop))
+    if arrays:  # orbax refuses empty trees
+      items["arrays"] = ocp.args.StandardSave(_as_arrays(arrays))
     if replay is not None:
       items["replay"] = ocp.args.StandardSave(_as_arrays(replay))
     self._manager.save(env_steps, args=ocp.args.Composite(**items), force=True)
@@ -139,10 +140,10 @@ class Checkpoints:
       _check_matches(metadata["state"], jax.device_get(like_state),
                      "learner state", where)
       items = dict(state=ocp.args.StandardRestore(jax.device_get(like_state)),
-                   loop=ocp.args.JsonRestore(),
-                   arrays=ocp.args.StandardRestore())
-      if metadata.get("replay") is not None:
-        items["replay"] = ocp.args.StandardRestore()
+                   loop=ocp.args.JsonRestore())
+      for optional in ("arrays", "replay"):
+        if metadata.get(optional) is not None:
+          items[optional] = ocp.args.StandardRestore()
       try:
         restored = self._manager.restore(step,
                                          args=ocp.args.Composite(**items))
@@ -153,8 +154,8 @@ class Checkpoints:
         print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}",
               flush=True)
       replay = restored["replay"] if "replay" in items else None
-      return (step, restored["state"], restored["loop"],
-              dict(restored["arrays"]), replay)
+      arrays = dict(restored["arrays"]) if "arrays" in items else {}
+      return step, restored["state"], restored["loop"], arrays, replay
     raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
 
   def close(self):
@@ -189,10 +190,3 @@ def load_train_state(run_dir: str, like):
   _check_matches(checkpointer.metadata(legacy), like, "learner state", legacy)
   return checkpointer.restore(legacy, like)
 
-
-def save(path: str, state) -> str:  # TEMPORARY until training uses Checkpoints
-  path = os.path.abspath(path)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, jax.device_get(state), force=True)
-  checkpointer.wait_until_finished()
-  return path

@@ -17,6 +17,9 @@ Figures (each measured `--reps` times for `--seconds`; median, min, max):
   learner GFLOP/s     XLA's flop count of one update x fixed-batch updates/s,
                       against a large float32 matmul on the same devices (the
                       machine's practical peak): how near its limit it runs
+  checkpoint s, MiB   one periodic checkpoint as training writes it, with a
+                      full replay (filled by repeating the actor's steps, so
+                      frames compress like real ones), and its restore
 With `--solve THRESHOLD`, `--solve-seeds` end-to-end `training.train` runs
 (seeds config.seed, config.seed+1, ...) of at most `--solve-budget` env
 steps, each recording when the mean return of the last 100 episodes first
@@ -41,7 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from muesli_jax import envs as envs_lib, learner, training  # noqa: E402
+from muesli_jax import checkpoint, envs as envs_lib, learner, training  # noqa: E402
 from muesli_jax.actor import Actor, make_policy_step  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args  # noqa: E402
 from muesli_jax.replay import SequenceReplay  # noqa: E402
@@ -144,6 +147,10 @@ class LearnerBench:
       cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
 
+  def host_state(self):
+    """One replica of the state, as a checkpoint saves it."""
+    return self._update.first(self.state)
+
   def sample(self):
     c = self._config
     return self._replay.sample(c.batch_size, c.steps_per_update,
@@ -171,6 +178,46 @@ class LearnerBench:
     else:
       step = lambda: self.update(fixed_batch)
     return timed_loop(step, seconds, self.finish)
+
+
+def _directory_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(path) for f in files)
+
+
+def measure_checkpoint(config, replay: SequenceReplay, state, reps: int):
+  """Seconds to save and restore one checkpoint with a full replay, and its
+  size on disk."""
+  filled = replay.size
+  _, arrays = replay.state_dict()
+  for array in arrays.values():
+    if array.ndim >= 2:  # [capacity, num_envs, ...]: repeat the filled rows
+      array[filled:] = np.resize(array[:filled],
+                                 (array.shape[0] - filled,) + array.shape[1:])
+  replay.total_steps = replay.capacity
+  counters, arrays = replay.state_dict()
+  save_seconds, restore_seconds = [], []
+  with tempfile.TemporaryDirectory() as directory:
+    checkpoints = checkpoint.Checkpoints(directory, keep=1)
+    for rep in range(reps):
+      start = time.perf_counter()
+      path = checkpoints.save(rep + 1, state, dict(replay=counters), {},
+                              arrays if config.checkpoint_replay else None)
+      save_seconds.append(time.perf_counter() - start)
+      start = time.perf_counter()
+      checkpoints.restore(state)
+      restore_seconds.append(time.perf_counter() - start)
+    size = _directory_bytes(path)
+    checkpoints.close()
+  raw = replay.nbytes()
+  return {
+      "checkpoint save s": summarize(
+          save_seconds, "s", "full replay" if config.checkpoint_replay
+          else "no replay (checkpoint_replay=false)"),
+      "checkpoint restore s": summarize(restore_seconds, "s", ""),
+      "checkpoint MiB on disk": summarize(
+          [size / 2**20], "MiB", f"replay {raw / 2**20:.0f} MiB in memory"),
+  }
 
 
 def measure_matmul(seconds: float, size: int = 2048) -> float:
@@ -301,6 +348,9 @@ def run_speed_figures(config, reps: int, seconds: float):
       policy_idle, "ms", "dispatch to actions on the host")
   figures["policy step ms (update in flight)"] = summarize(
       policy_busy, "ms", "dispatched right after an update")
+  figures.update(measure_checkpoint(config, replay,
+                                    bench.host_state(),
+                                    min(reps, 3)))
   compilations = bench.traces
   figures["update compilations"] = summarize(
       [compilations], "count",

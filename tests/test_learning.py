@@ -1,5 +1,7 @@
 """A real learning run: Muesli solves CartPole-v1 within a fixed step budget."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -15,36 +17,41 @@ def test_cartpole_learns(tmp_path):
   last_20 = summary["returns_last_100"][-20:]
   assert len(last_20) == 20
   assert np.mean(last_20) >= 400.0, summary["returns_last_100"]
-  assert (tmp_path / "cartpole" / "checkpoint").is_dir()
+  assert (tmp_path / "cartpole" / "checkpoints" / "50000").is_dir()
   assert summary["update_compilations"] == 1  # no re-tracing during a run
+  # Evaluated on fresh episodes during training and at its end.
+  assert [e["env_steps"] for e in summary["evaluations"]] == [
+      10_000, 20_000, 30_000, 40_000, 50_000]
+  assert summary["eval_return_mean"] >= 300.0, summary["evaluations"]
 
 
-def test_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
-  from muesli_jax import learner
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  import jax.numpy as jnp
+  from muesli_jax import checkpoint, learner
 
   real_make_update = learner.make_update
 
   def poisoned_make_update(*args, **kwargs):
     update = real_make_update(*args, **kwargs)
 
-    def nan_update(state, batch):
-      state, metrics = update(state, batch)
-      return state, dict(metrics, loss=metrics["loss"] * float("nan"))
+    def nan_from_update_40(state, batch):
+      new_state, metrics = update(state, batch)
+      poison = jnp.where(state.step >= 39, jnp.nan, 1.0)
+      return new_state, dict(metrics, loss=metrics["loss"] * poison)
 
-    return nan_update
+    return nan_from_update_40
 
   monkeypatch.setattr(learner, "make_update", poisoned_make_update)
   config = cartpole.get_config()
-  config.total_env_steps = 2_000
-  config.logdir = str(tmp_path)
-  try:
+  config.update(total_env_steps=2_000, checkpoint_interval=400,
+                eval_interval=0, logdir=str(tmp_path))
+  with pytest.raises(training.NonFiniteLossError, match="update 40 "):
     training.train(config, run_name="nan", progress=False)
-  except training.NonFiniteLossError as e:
-    assert "update 1" in str(e)
-  else:
-    raise AssertionError("a NaN loss did not stop training")
-  # What was trained so far is still saved.
-  assert (tmp_path / "nan" / "checkpoint").is_dir()
+  # The checkpoints written before it stay; the broken state is not saved.
+  assert checkpoint.Checkpoints(tmp_path / "nan").steps() == [400, 800]
+  assert json.loads((tmp_path / "nan" / "summary.json").read_text())[
+      "updates"] == 40
 
 
 def test_stop_when_solved_ends_the_run_early(tmp_path):

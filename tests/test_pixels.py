@@ -71,7 +71,7 @@ def test_pixel_configs_train_and_evaluate(tmp_path, name, overrides):
   assert summary["updates"] > 40
   assert summary["update_compilations"] == 1
   run_dir = tmp_path / "run"
-  assert os.path.isdir(run_dir / "checkpoint")
+  assert os.path.isdir(run_dir / "checkpoints" / "160")
   if name == "atari.py":
     return  # An Atari game lasts thousands of steps: too long to play here.
   returns = evaluate_script.evaluate(str(run_dir), episodes=2, greedy=False,
