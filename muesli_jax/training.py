@@ -538,7 +538,8 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
     raise
   finally:
     try:
-      if (run.evaluator is not None and not interrupted and not failed and
+      if (run.evaluator is not None and not (interrupted or failed or
+                                             stopped_early) and
           not (run.progress.evaluations and
                run.progress.evaluations[-1]["env_steps"] == run.env_steps)):
         evaluate(run)

@@ -1,0 +1,201 @@
+"""`scripts/sweep.py`: a killed sweep resumes its study; bad sweeps stop early."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from muesli_jax import config as config_lib  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = os.path.join(ROOT, "scripts", "sweep.py")
+# A tiny CartPole run: ~20 s, most of it compiling the update.
+TINY = dict(total_env_steps=1500, num_envs=4, hidden_size=16, head_size=16,
+            num_bins=21, batch_size=4, sequence_length=4, log_interval=5,
+            replay_capacity=500, warmup_steps=16)
+# Evaluation and checkpoints, where training has them, would only add time.
+OPTIONAL = dict(eval_interval=0, checkpoint_interval=0, checkpoint_replay=False)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def sweep_command():
+  base = config_lib.load_config_file("cartpole.py")
+  overrides = {**TINY, **{k: v for k, v in OPTIONAL.items() if k in base}}
+  return [sys.executable, SWEEP, "--sweep", "cartpole.py", "--trials", "2",
+          "--jobs", "1", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def load_study(tmp_path):
+  storage = f"sqlite:///{tmp_path}/runs/sweeps/cartpole.db"
+  return optuna.load_study(study_name="cartpole", storage=storage)
+
+
+def states(study):
+  return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def wait_for_second_trial(proc, tmp_path, log, timeout=300):
+  """Waits until trial 0 has finished and trial 1 runs."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, log.read_text()
+    try:
+      found = states(load_study(tmp_path))
+    except Exception:  # the study does not exist yet
+      found = []
+    running = found.count(optuna.trial.TrialState.RUNNING)
+    if sum(s in FINISHED for s in found) >= 1 and running:
+      return
+    time.sleep(0.5)
+  pytest.fail(f"no finished trial within {timeout} s:\n{log.read_text()}")
+
+
+def test_killed_sweep_resumes_its_study(tmp_path):
+  command = sweep_command()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  log = tmp_path / "first.log"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+      wait_for_second_trial(proc, tmp_path, log)
+    finally:  # the sweep and its worker, at once
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert optuna.trial.TrialState.RUNNING in states(load_study(tmp_path))
+
+  again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert "left running by an interrupted sweep" in again.stdout
+
+  study = load_study(tmp_path)
+  trials = study.get_trials()
+  finished = [t for t in trials if t.state in FINISHED]
+  assert len(finished) == 2
+  assert optuna.trial.TrialState.RUNNING not in states(study)
+  # The killed trial failed, and the same parameters ran again.
+  killed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+  assert len(killed) == 1 and killed[0].user_attrs["interrupted"]
+  retry = [t for t in finished if t.user_attrs.get("retry_of") == killed[0].number]
+  assert len(retry) == 1 and retry[0].params == killed[0].params
+  for t in finished:
+    assert (tmp_path / "runs" / "sweeps" / "cartpole" / f"trial_{t.number}" /
+            "summary.json").is_file()
+
+  best_file = tmp_path / "runs" / "sweeps" / "cartpole" / "best_config.py"
+  config = config_lib.load_config_file(str(best_file))
+  best = study.best_trial
+  assert f"trial {best.number}" in best_file.read_text()
+  for key, value in best.params.items():
+    assert config[key] == value, key
+  assert config.total_env_steps == TINY["total_env_steps"]
+  assert config.env_id == "CartPole-v1"
+  assert f"optuna-dashboard sqlite:///runs/sweeps/cartpole.db" in again.stdout
+
+
+@pytest.mark.parametrize("space, words", [
+    ('dict(lerning_rate=("log_float", 1e-4, 1e-3))', ["lerning_rate", "learning_rate"]),
+    ('dict(learning_rate=("log_float", 0.0, 1e-3))', ["learning_rate", "low > 0"]),
+    ('dict(batch_size=("float", 4, 8))', ["batch_size", "int"]),
+    ('dict(discount=("float", 0.9, 1.5))', ["discount", "1.5"]),
+    ('dict(seed=("uniform", 0, 3))', ["seed", "kind"]),
+], ids=["unknown_key", "log_of_zero", "float_for_int", "invalid_value",
+        "unknown_kind"])
+def test_bad_space_is_a_one_line_error(tmp_path, space, words):
+  sweep = tmp_path / "bad.py"
+  sweep.write_text(f"def get_sweep():\n  return dict(base_config='cartpole.py', "
+                   f"space={space})\n")
+  proc = subprocess.run([sys.executable, SWEEP, "--sweep", str(sweep)],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+  for word in words:
+    assert word in lines[0]
+  assert not (tmp_path / "runs").exists()  # nothing created
+
+
+def test_workers_claim_exactly_the_missing_trials(tmp_path):
+  spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db",
+                              direction="maximize")
+  lock = str(tmp_path / "lock")
+  claim = lambda: sweep.claim_trial(optuna, study, 2, lock)
+  first, second = claim(), claim()
+  assert first is not None and second is not None
+  assert claim() is None  # two running: none missing
+  study.tell(first, 1.0)
+  assert claim() is None
+  second.set_user_attr("error", "boom")  # a failure does not count
+  study.tell(second, state=optuna.trial.TrialState.FAIL)
+  third = claim()
+  assert third is not None
+  study.tell(third, state=optuna.trial.TrialState.PRUNED)
+  assert claim() is None
+
+
+def test_trial_outcomes(tmp_path, capsys):
+  """How a trial ends, with a stand-in for `training.train` (no JAX)."""
+  spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  TS = optuna.trial.TrialState
+
+  class Diverged(RuntimeError):
+    pass
+
+  class FakeTraining:
+    NonFiniteLossError = Diverged
+
+    def __init__(self, outcome):
+      self.outcome = outcome
+
+    def train(self, config, run_dir=None, progress=True, on_log=None):
+      assert not progress and run_dir.endswith("trial_0")
+      if self.outcome == "nan":
+        raise Diverged("loss became nan")
+      if self.outcome == "bad":
+        raise config_lib.ConfigError("replay_capacity too small")
+      stopped = False
+      for steps, mean in ((1000, 10.0), (1500, 11.0), (2000, 12.0)):
+        if on_log(steps, mean):
+          stopped = True
+          break
+      return dict(mean_return_last_100=12.0, env_steps=steps,
+                  stopped_early=stopped, interrupted=False)
+
+  spec_file = tmp_path / "s.py"
+  spec_file.write_text("def get_sweep():\n  return dict(base_config='cartpole.py', "
+                       "space=dict(learning_rate=('log_float', 1e-4, 1e-3)), "
+                       "report_every=1000, pruner=dict(n_startup_trials=0))\n")
+  settings = sweep.load_sweep(str(spec_file))
+  base, _ = sweep.make_base(settings, [])
+
+  def run(outcome, pruner=optuna.pruners.NopPruner()):
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    trial = study.ask()
+    sweep.run_trial(optuna, FakeTraining(outcome), study, trial, settings,
+                    base, str(tmp_path))
+    return study.trials[0]
+
+  done = run("ok")
+  assert done.state == TS.COMPLETE and done.value == 12.0
+  assert done.intermediate_values == {1000: 10.0, 2000: 12.0}  # 1500 -> 1000
+  pruned = run("ok", optuna.pruners.ThresholdPruner(lower=100.0))
+  assert pruned.state == TS.PRUNED and pruned.intermediate_values == {1000: 10.0}
+  nan = run("nan")
+  assert nan.state == TS.PRUNED and "non-finite" in nan.user_attrs["error"]
+  bad = run("bad")
+  assert bad.state == TS.FAIL and "replay_capacity" in bad.user_attrs["error"]
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[0] for line in lines] == ["trial 0"] * 4
+  assert "pruned at 1000 env steps" in lines[1]
