@@ -107,11 +107,24 @@ def _image_key(space: gym.spaces.Dict, env_id: str) -> str:
       f"{sorted(space.spaces)}); this agent needs an 'image' entry")
 
 
-def _make_one(config) -> gym.Env:
+def renders_rgb(env_id: str) -> bool:
+  """Whether `env_id` declares an `rgb_array` renderer (the env's metadata)."""
+  creator = gym.spec(env_id).entry_point
+  if isinstance(creator, str):
+    creator = gym.envs.registration.load_env_creator(creator)
+  metadata = getattr(creator, "metadata", None)
+  return isinstance(metadata, dict) and "rgb_array" in metadata.get(
+      "render_modes", ())
+
+
+def _make_one(config, render: bool = False) -> gym.Env:
   env_id = config.env_id
   kwargs = {}
   if config.max_episode_steps:
     kwargs["max_episode_steps"] = config.max_episode_steps
+  # Only for envs that declare it: others would warn, or fail on the keyword.
+  if render and renders_rgb(env_id):
+    kwargs["render_mode"] = "rgb_array"
   if env_id.startswith("ALE/"):
     # Frame skipping and max-pooling happen in AtariPreprocessing below.
     env = gym.make(env_id, frameskip=1,
@@ -139,7 +152,7 @@ def _make_one(config) -> gym.Env:
   return env
 
 
-def _make_in_worker(config) -> gym.Env:
+def _make_in_worker(config, render: bool = False) -> gym.Env:
   """Builds an env inside an `AsyncVectorEnv` subprocess.
 
   A Ctrl-C (or a scheduler's SIGTERM to the process group) reaches every
@@ -150,7 +163,7 @@ def _make_in_worker(config) -> gym.Env:
   if multiprocessing.parent_process() is not None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-  return _make_one(config)
+  return _make_one(config, render)
 
 
 def observation_scale(space: gym.spaces.Box, env_id: str) -> float:
@@ -172,7 +185,8 @@ def observation_scale(space: gym.spaces.Box, env_id: str) -> float:
 
 
 def make_vector_env(config, num_envs: int = None, seed: int = None,
-                    asynchronous: bool = None) -> gym.vector.VectorEnv:
+                    asynchronous: bool = None,
+                    render: bool = False) -> gym.vector.VectorEnv:
   """`num_envs` (default `config.num_envs`) copies of `config.env_id`.
 
   The vector env runs in gymnasium's default NEXT_STEP autoreset mode: the
@@ -181,6 +195,11 @@ def make_vector_env(config, num_envs: int = None, seed: int = None,
   observation is the one returned by the ending step itself, so a truncated
   episode bootstraps from it. Rendering envs can run in subprocesses
   (`config.async_envs`).
+
+  `render=True` builds the envs with `render_mode="rgb_array"` so that
+  `envs.envs[i].render()` gives an RGB frame of a synchronous vector env (as
+  `pixels=True` already does), for the envs that declare that mode
+  (`renders_rgb`); the observations do not change.
   """
   check_env_id(config.env_id)
   num_envs = config.num_envs if num_envs is None else num_envs
@@ -188,10 +207,11 @@ def make_vector_env(config, num_envs: int = None, seed: int = None,
   if asynchronous is None:
     asynchronous = config.async_envs
   if asynchronous:
-    envs = gym.vector.AsyncVectorEnv([lambda: _make_in_worker(config)] *
-                                     num_envs)
+    envs = gym.vector.AsyncVectorEnv(
+        [lambda: _make_in_worker(config, render)] * num_envs)
   else:
-    envs = gym.vector.SyncVectorEnv([lambda: _make_one(config)] * num_envs)
+    envs = gym.vector.SyncVectorEnv([lambda: _make_one(config, render)] *
+                                    num_envs)
   try:
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
       raise UnknownEnvError(

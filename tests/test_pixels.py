@@ -74,8 +74,9 @@ def test_pixel_configs_train_and_evaluate(tmp_path, name, overrides):
   assert os.path.isdir(run_dir / "checkpoints" / "160")
   if name == "atari.py":
     return  # An Atari game lasts thousands of steps: too long to play here.
-  returns = evaluate_script.evaluate(str(run_dir), episodes=2, greedy=False,
-                                     seed=1, num_envs=2)
+  result, _ = evaluate_script.evaluate(str(run_dir), episodes=2,
+                                       greedy=False, seed=1, num_envs=2)
+  returns = result.returns
   assert returns.shape == (2,) and np.all(np.isfinite(returns))
 
 
