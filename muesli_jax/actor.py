@@ -54,15 +54,35 @@ class FrameStack:
       self.frames[restart] = frames[restart][:, None]
 
 
+def _pickles_its_state(env: gym.Env) -> bool:
+  """Whether pickling `env` and each env it wraps keeps their state.
+
+  Box2D, MuJoCo and Atari envs define their own pickling (gymnasium's
+  `EzPickle`): it records the constructor's arguments, so unpickling builds
+  a new env, not the one that was running.
+  """
+  while env is not None:
+    kind = type(env)
+    if any(getattr(kind, name, None) is not getattr(object, name, None)
+           for name in ("__getstate__", "__setstate__", "__reduce__",
+                        "__reduce_ex__")):
+      return False
+    env = getattr(env, "env", None)
+  return True
+
+
 def snapshot_envs(envs: gym.vector.VectorEnv) -> Optional[bytes]:
   """The state of every env of a `SyncVectorEnv`, or None where it cannot
   be saved.
 
   Classic-control, MinAtar and MiniGrid envs pickle with their RNGs, so a
-  run resumed from the snapshot steps exactly as it would have. Box2D
-  (LunarLander) does not pickle, and envs in subprocesses are out of reach.
+  run resumed from the snapshot steps exactly as it would have. Envs that
+  pickle only their constructor's arguments (LunarLander, Atari) and envs
+  in subprocesses are out of reach.
   """
   if not isinstance(envs, gym.vector.SyncVectorEnv):
+    return None
+  if not all(_pickles_its_state(env) for env in envs.envs):
     return None
   try:
     return pickle.dumps((envs.envs, envs._autoreset_envs))  # pylint: disable=protected-access
@@ -70,8 +90,9 @@ def snapshot_envs(envs: gym.vector.VectorEnv) -> Optional[bytes]:
     return None
 
 
-def restore_envs(envs: gym.vector.SyncVectorEnv, snapshot: bytes) -> None:
-  """Puts a `snapshot_envs` state into `envs`, closing the envs it replaces.
+def restore_envs(envs: gym.vector.SyncVectorEnv, snapshot: bytes) -> bool:
+  """Puts a `snapshot_envs` state into `envs`, closing the envs it replaces;
+  False (nothing changed) where the snapshot could not hold their state.
 
   Unpickling runs code: a snapshot is read only from the run's own folder.
   """
@@ -79,10 +100,15 @@ def restore_envs(envs: gym.vector.SyncVectorEnv, snapshot: bytes) -> None:
   if len(restored) != envs.num_envs:
     raise ValueError(f"the saved env state has {len(restored)} envs, the "
                      f"run {envs.num_envs}")
+  if not all(_pickles_its_state(env) for env in restored):
+    for env in restored:
+      env.close()
+    return False
   for env in envs.envs:
     env.close()
   envs.envs = restored
   envs._autoreset_envs = autoreset  # pylint: disable=protected-access
+  return True
 
 
 class Actor:

@@ -355,8 +355,7 @@ def save(run: Run) -> None:
   actor_counters, actor_arrays = run.actor.state_dict()
   replay_counters, replay_arrays = run.replay.state_dict()
   envs_state = None
-  if config.checkpoint_envs and not config.env_id.startswith("ALE/"):
-    # ALE's emulator pickles but does not resume bit for bit: restart it.
+  if config.checkpoint_envs:
     envs_state = snapshot_envs(run.envs)
   if envs_state is not None:
     actor_arrays["envs"] = np.frombuffer(envs_state, np.uint8)
@@ -377,9 +376,9 @@ def restore(checkpoints, config, state, actor, replay, envs, verbose: bool):
   if replay_arrays is not None:
     replay.load_state_dict(loop["replay"], replay_arrays)
   envs_state = arrays.get("envs")
-  if envs_state is not None:
-    restore_envs(envs, envs_state.tobytes())
-  else:
+  if envs_state is not None and not restore_envs(envs, envs_state.tobytes()):
+    envs_state = None
+  if envs_state is None:
     # The envs' state was not saved: new episodes, the cut ones truncated.
     actor.restart_episodes(seed=config.seed + 7919 * (len(progress.resumed_at)
                                                       + 1))

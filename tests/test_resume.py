@@ -193,3 +193,38 @@ def test_resume_without_the_env_state_restarts_episodes(tmp_path):
   assert not summary["exact_resume"]
   assert summary["env_steps"] == 1200
   assert summary["updates"] > first["updates"]
+
+
+@pytest.mark.parametrize("config_file, env_id, saved", [
+    ("cartpole.py", "CartPole-v1", True),
+    ("minatar.py", "MinAtar/Breakout-v1", True),
+    ("minigrid.py", "MiniGrid-DoorKey-5x5-v0", True),
+    # These pickle only how to build a new env (gymnasium's EzPickle).
+    ("lunar.py", "LunarLander-v3", False),
+    ("atari.py", "ALE/Pong-v5", False),
+])
+def test_env_snapshots_continue_exactly_or_are_not_taken(config_file, env_id,
+                                                         saved):
+  from muesli_jax.actor import restore_envs, snapshot_envs
+  from muesli_jax.config import load_config_file
+  config = load_config_file(config_file)
+  config.update(env_id=env_id, num_envs=2)
+  envs = envs_lib.make_vector_env(config)
+  copy = envs_lib.make_vector_env(config)
+  envs.reset(seed=3)
+  copy.reset(seed=4)
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    envs.step(rng.integers(0, envs.single_action_space.n, 2))
+  snapshot = snapshot_envs(envs)
+  assert (snapshot is not None) == saved
+  if saved:
+    restore_envs(copy, snapshot)
+    for _ in range(200):  # across episode ends and autoresets
+      actions = rng.integers(0, envs.single_action_space.n, 2)
+      for a, b in zip(envs.step(actions), copy.step(actions)):
+        if isinstance(a, dict):
+          continue
+        np.testing.assert_array_equal(a, b)
+  envs.close()
+  copy.close()
