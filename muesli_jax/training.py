@@ -469,6 +469,7 @@ def _due(interval: int, last: int, now: int) -> bool:
 
 def summarize(run: Run, interrupted: bool, stopped_early: bool) -> Dict[str, Any]:
   progress, last_eval = run.progress, (run.progress.evaluations or [None])[-1]
+  latest = run.checkpoints.latest_step()
   return dict(
       env_id=run.config.env_id, seed=run.config.seed,
       solved_at_steps=progress.solved_at_steps,
@@ -484,7 +485,32 @@ def summarize(run: Run, interrupted: bool, stopped_early: bool) -> Dict[str, Any
       eval_return_std=last_eval and last_eval["return_std"],
       evaluations=progress.evaluations,
       resumed_at=progress.resumed_at, exact_resume=progress.exact_resume,
-      checkpoint=None)
+      checkpoint=(os.path.join(run.checkpoints.directory, str(latest))
+                  if latest is not None else None))
+
+
+def finish(run: Run, interrupted: bool, stopped_early: bool,
+           failed: bool) -> Dict[str, Any]:
+  """Final evaluation and checkpoint (unless the run broke off), summary.json,
+  and closes everything."""
+  try:
+    completed = not (interrupted or failed or stopped_early)
+    evaluations = run.progress.evaluations
+    if (run.evaluator is not None and completed and
+        not (evaluations and evaluations[-1]["env_steps"] == run.env_steps)):
+      evaluate(run)
+    if not failed and run.progress.last_checkpoint != run.env_steps:
+      save(run)
+    summary = summarize(run, interrupted, stopped_early)
+    with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    return summary
+  finally:
+    run.logger.close()
+    run.checkpoints.close()
+    if run.evaluator is not None:
+      run.evaluator.close()
+    run.envs.close()
 
 
 def train(config, run_dir: Optional[str] = None, resume: bool = False,
@@ -536,25 +562,5 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
     failed = True  # The state is not finite: keep the last checkpoint.
     raise
   finally:
-    try:
-      if (run.evaluator is not None and not (interrupted or failed or
-                                             stopped_early) and
-          not (run.progress.evaluations and
-               run.progress.evaluations[-1]["env_steps"] == run.env_steps)):
-        evaluate(run)
-      if not failed and run.progress.last_checkpoint != run.env_steps:
-        save(run)
-      summary = summarize(run, interrupted, stopped_early)
-      summary["checkpoint"] = (os.path.join(run.checkpoints.directory,
-                                            str(run.checkpoints.latest_step()))
-                               if run.checkpoints.latest_step() is not None
-                               else None)
-      with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    finally:
-      run.logger.close()
-      run.checkpoints.close()
-      if run.evaluator is not None:
-        run.evaluator.close()
-      run.envs.close()
+    summary = finish(run, interrupted, stopped_early, failed)
   return summary
