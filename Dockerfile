@@ -13,11 +13,12 @@ WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY muesli_jax ./muesli_jax
 RUN case "$DEVICE" in \
-      cpu) extras="test,pixels,video,sweep" ;; \
-      cuda12) extras="test,pixels,video,sweep,cuda12" ;; \
+      cpu) extras="test,pixels,video,sweep,anakin" ;; \
+      cuda12) extras="test,pixels,video,sweep,anakin,cuda12" ;; \
       *) echo "DEVICE must be cpu or cuda12, got $DEVICE" >&2; exit 1 ;; \
     esac \
-    && pip install --no-cache-dir -c constraints.txt ".[$extras]"
+    && pip install --no-cache-dir -c constraints.txt ".[$extras]" \
+    && pip install --no-cache-dir -c constraints.txt --no-deps gymnax
 COPY configs ./configs
 COPY scripts ./scripts
 COPY tests ./tests
