@@ -78,5 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_episodes = 10
   c.eval_greedy = False  # sample like training; True: argmax actions
   c.eval_video = True  # a strip of frames of one episode in TensorBoard
-  c.distributed = False  # jax.distributed.initialize() for multi-host runs
+  # Multi-process runs (one process per host or per accelerator), see README.
+  c.distributed = False  # join a jax.distributed run before training
+  c.coordinator_address = ""  # "host:port" of process 0; "": from the env
+  c.num_processes = 0  # 0: from the environment (Slurm, Open MPI, ...)
+  c.process_id = -1  # this process's index; -1: from the environment
   return c

@@ -14,6 +14,13 @@ orbax writes each step into a temporary folder and renames it when complete,
 so a checkpoint cut in the middle of writing (`kill -9`, a full disk) is
 never listed; `restore` reads the newest complete one and falls back to
 older ones if it cannot be read.
+
+In a multi-process run only process 0 keeps checkpoints, through a manager
+over that process alone (`this_process_only`). orbax 0.12.8 is not suited
+to one folder per process: by default process 0 creates and finalizes
+every step folder and its barriers wait for all processes, and its numpy
+handler writes array data only on process 0, so another process's
+checkpoint would be empty.
 """
 
 import os
@@ -83,21 +90,36 @@ def _shapes_of_metadata(metadata_tree):
 class Checkpoints:
   """The periodic checkpoints of one run, keeping the newest `keep`."""
 
-  def __init__(self, run_dir: str, keep: int = 3):
+  def __init__(self, run_dir: str, keep: int = 3,
+               this_process_only: bool = False):
+    """`this_process_only`: in a multi-process run, saves and restores
+    involve this process alone (no barrier waits for the others)."""
     self.directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+    # Saved synchronously: the replay and actor arrays change as soon as
+    # training goes on, and a save must be complete when `save` returns for
+    # the next kill to find it.
+    options = dict(max_to_keep=keep, create=True,
+                   enable_async_checkpointing=False)
+    handler_options = {}
+    if this_process_only:
+      index = jax.process_index()
+      if index != 0:  # orbax writes numpy data on process 0 alone
+        raise ValueError("only process 0 can keep checkpoints")
+      handler_options = dict(
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=index, active_processes={index}))
+      # orbax refuses create=True with active_processes: create it here.
+      options.update(handler_options, create=False)
+      os.makedirs(self.directory, exist_ok=True)
     self._manager = ocp.CheckpointManager(
         self.directory,
         # Named handlers let a fresh process read the items' metadata.
-        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
-                           loop=ocp.JsonCheckpointHandler(),
-                           arrays=ocp.StandardCheckpointHandler(),
-                           replay=ocp.StandardCheckpointHandler()),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
-            # Saved synchronously: the replay and actor arrays change as soon
-            # as training goes on, and a save must be complete when
-            # `save` returns for the next kill to find it.
-            enable_async_checkpointing=False))
+        item_handlers=dict(
+            state=ocp.StandardCheckpointHandler(**handler_options),
+            loop=ocp.JsonCheckpointHandler(**handler_options),
+            arrays=ocp.StandardCheckpointHandler(**handler_options),
+            replay=ocp.StandardCheckpointHandler(**handler_options)),
+        options=ocp.CheckpointManagerOptions(**options))
 
   def steps(self):
     return sorted(self._manager.all_steps())

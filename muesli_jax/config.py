@@ -230,6 +230,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.replay_capacity < window + config.warmup_steps:
     raise ConfigError(f"replay_capacity ({config.replay_capacity}) must hold "
                       f"warmup_steps + one window ({window}) steps")
+  if "num_processes" in config:
+    if config.num_processes < 0:
+      raise ConfigError(f"num_processes must be >= 0 (0: from the "
+                        f"environment), got {config.num_processes}")
+    if config.process_id < -1 or (config.num_processes and
+                                  config.process_id >= config.num_processes):
+      raise ConfigError(f"process_id must be in [0, num_processes) (-1: from "
+                        f"the environment), got {config.process_id}")
   mix = (config.prior_mix_target + config.prior_mix_behaviour +
          config.prior_mix_uniform)
   if abs(mix - 1.0) > 1e-6:

@@ -2,11 +2,22 @@
 
 `train` reads top to bottom: `setup` (or resume from a checkpoint), then
 per iteration `act`, `learn`, `log`, `evaluate` and `save` when due.
+
+Over several processes (`config.distributed`, see `init_distributed`) every
+process runs this loop in lockstep with its own envs, actor and replay
+(seeded by `process_seed`) and its own batch of `batch_size` sequences; the
+update is one computation over the devices of all processes, so the params
+stay identical everywhere. Process 0 writes the run folder (TensorBoard,
+`episodes.csv`, checkpoints, evaluations); process `k` writes its episodes
+and summary to `RUN_DIR/process_<k>/`. Every decision that ends the loop is
+taken by all processes at the same iteration, since a process that stopped
+early would leave the others waiting in the update's collectives.
 """
 
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -16,6 +27,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
@@ -38,8 +50,14 @@ def interrupts_deferred():
 
   The update donates the state it is given: an interrupt after its dispatch
   but before its result is assigned would leave no state to checkpoint.
+
+  Over several processes nothing is installed: jax's preemption notifier
+  owns SIGTERM there, Ctrl-C is turned into it (`train`) and neither raises,
+  so there is nothing to defer (a Python SIGTERM handler here would replace
+  jax's for good).
   """
-  if threading.current_thread() is not threading.main_thread():
+  if (threading.current_thread() is not threading.main_thread() or
+      jax.process_count() > 1):
     yield  # Only the main thread receives signals.
     return
   received = []
@@ -70,6 +88,69 @@ def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
       conv_blocks=config.conv_blocks)
 
 
+def process_seed(config) -> int:
+  """The seed of this process's envs, actor sampling and replay sampling.
+
+  Process 0 (so every single-process run) uses `config.seed`; process `k`
+  derives its own from `(config.seed, k)`, so that the processes of a
+  multi-process run collect different episodes. The network's init always
+  uses `config.seed`: every process starts from the same params.
+  """
+  index = jax.process_index()
+  if index == 0:
+    return config.seed
+  words = np.random.SeedSequence([config.seed % 2**32, index]).generate_state(1)
+  return int(words[0] >> 1)  # 31 bits: any env or PRNGKey takes it
+
+
+def process_dir(run_dir: str, index: int) -> str:
+  """The folder process `index` writes: the run folder itself for process 0,
+  `RUN_DIR/process_<index>/` for the others."""
+  return run_dir if index == 0 else os.path.join(run_dir, f"process_{index}")
+
+
+def _from_process_0(value: int) -> int:
+  """Process 0's `value` (an int32) on every process (one collective)."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def init_distributed(config) -> None:
+  """Joins the other processes of a multi-process run (`config.distributed`).
+
+  The coordinator's address, the number of processes and this process's id
+  come from `coordinator_address`, `num_processes` and `process_id` where
+  set, else from the environment (`JAX_COORDINATOR_ADDRESS`, or a cluster
+  jax recognises: Slurm, Open MPI, Kubernetes, Cloud TPU). Anything missing
+  or unreachable is a `ConfigError` of one line. Must run before anything
+  else touches jax's devices.
+  """
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if config.get("coordinator_address"):
+    kwargs["coordinator_address"] = config.coordinator_address
+  if config.get("num_processes", 0) > 0:
+    kwargs["num_processes"] = config.num_processes
+  if config.get("process_id", -1) >= 0:
+    kwargs["process_id"] = config.process_id
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, TypeError) as e:
+    # What jax raises when neither the arguments nor a cluster give it all
+    # three, e.g. "coordinator_address should be defined."
+    raise ConfigError(
+        f"distributed=true but jax cannot tell how to join the run ({e}): set "
+        "--config.coordinator_address=HOST:PORT (or JAX_COORDINATOR_ADDRESS), "
+        "--config.num_processes=N and --config.process_id=I, or launch under "
+        "Slurm or Open MPI") from None
+  except Exception as e:  # pylint: disable=broad-except
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise ConfigError(f"distributed=true but joining the run failed: "
+                      f"{type(e).__name__}: {first_line}") from None
+
+
 def available_memory_bytes() -> int:
   """MemAvailable from /proc/meminfo; physical memory where that is missing."""
   try:
@@ -82,9 +163,11 @@ def available_memory_bytes() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True):
-  """The run's replay; a size that does not fit in memory is a `ConfigError`
-  raised before anything is allocated."""
+def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True,
+                seed: Optional[int] = None):
+  """The run's replay, sampling with `seed` (default `config.seed`); a size
+  that does not fit in memory is a `ConfigError` raised before anything is
+  allocated."""
   nbytes = replay_lib.replay_nbytes(config.replay_capacity, config.num_envs,
                                     spec.observation_shape,
                                     spec.observation_dtype, spec.num_actions)
@@ -104,7 +187,8 @@ def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True):
   return replay_lib.SequenceReplay(
       config.replay_capacity, config.num_envs, spec.observation_shape,
       spec.observation_dtype, spec.num_actions, window, config.discount,
-      config.value_target == "mc", config.seed, stack=config.stack)
+      config.value_target == "mc", config.seed if seed is None else seed,
+      stack=config.stack)
 
 
 def replicas_identical(state) -> bool:
@@ -114,7 +198,18 @@ def replicas_identical(state) -> bool:
              for x in jax.tree.leaves(trees))
 
 
+def params_digest(state) -> str:
+  """SHA-256 of the params and target params of one (unreplicated) state:
+  equal digests mean bit-identical params (e.g. across processes)."""
+  digest = hashlib.sha256()
+  for x in jax.tree.leaves((state.params, state.target_params)):
+    digest.update(np.ascontiguousarray(jax.device_get(x)).tobytes())
+  return digest.hexdigest()
+
+
 def check_batch_split(config, num_devices: int) -> None:
+  """`batch_size` is per process: each process samples it from its own
+  replay and splits it over its `num_devices` local devices."""
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size {config.batch_size} must be divisible by "
                       f"the {num_devices} local devices")
@@ -125,10 +220,17 @@ class DeviceUpdate:
 
   Counts its traces (`traces` must stay 1 for a run) and hides the
   difference between one and several devices from the training loop.
+
+  Over several processes it is a `pmap` over the devices of every process,
+  even with one local device: each process passes its own `[B, ...]` batch,
+  split over its local devices, and the update's psums reduce over all the
+  devices of all processes, so every replica everywhere gets the same
+  gradient and the params stay bit-identical.
   """
 
   def __init__(self, networks: nets.MuesliNetworks, config, devices=None):
     self.devices = list(devices or jax.local_devices())
+    self.num_processes = jax.process_count()
     self.traces = 0
     num_devices = len(self.devices)
     check_batch_split(config, num_devices)
@@ -139,20 +241,32 @@ class DeviceUpdate:
         return update_fn(state, batch)
       return traced_update
 
-    if num_devices > 1:
+    if self.num_processes > 1:
+      if set(self.devices) != set(jax.local_devices()):
+        raise ValueError("over several processes the update runs on every "
+                         "local device of each")
+      # Without `devices`, pmap maps over the devices of all processes
+      # (`devices` would have to list them all, identically everywhere).
+      self._update = jax.pmap(
+          counted(learner.make_update(networks, config, learner.AXIS)),
+          axis_name=learner.AXIS, donate_argnums=0)
+    elif num_devices > 1:
       self._update = jax.pmap(
           counted(learner.make_update(networks, config, learner.AXIS)),
           axis_name=learner.AXIS, devices=self.devices, donate_argnums=0)
-      mesh = jax.sharding.Mesh(np.asarray(self.devices), (learner.AXIS,))
-      self._sharding = jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec(learner.AXIS))
     else:
       self._update = jax.jit(counted(learner.make_update(networks, config)),
                              donate_argnums=0)
+    if self.replicated:
+      # The local part of the update's output sharding (over several
+      # processes pmap returns each process its local [D, ...] part).
+      mesh = jax.sharding.Mesh(np.asarray(self.devices), (learner.AXIS,))
+      self._sharding = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(learner.AXIS))
 
   @property
   def replicated(self) -> bool:
-    return len(self.devices) > 1
+    return len(self.devices) > 1 or self.num_processes > 1
 
   def place(self, state):
     """Puts a host `TrainState` where the update expects it.
@@ -178,7 +292,14 @@ class DeviceUpdate:
 
   def first(self, tree):
     """One replica of a (possibly replicated) tree, e.g. state or metrics."""
-    return jax.tree.map(lambda x: x[0], tree) if self.replicated else tree
+    if not self.replicated:
+      return tree
+    if self.num_processes > 1:
+      # Read from the first local device alone: `x[0]` would be a program
+      # over all local devices, and a 2-process CPU run whose actor acted on
+      # such slices hung in its second policy step.
+      return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+    return jax.tree.map(lambda x: x[0], tree)
 
   def replicas_identical(self, state) -> bool:
     return replicas_identical(state) if self.replicated else True
@@ -258,7 +379,10 @@ class Run:
   """Everything one training run holds; built by `setup`."""
 
   def __init__(self, config, run_dir: str, envs, replay, networks, update,
-               state, actor, checkpoints, evaluator, progress: Progress):
+               state, actor, checkpoints, evaluator, progress: Progress,
+               replay_lag: int = 0):
+    # `run_dir` is the folder this process writes (`process_dir`);
+    # `checkpoints` and `evaluator` are None on processes other than 0.
     self.config, self.run_dir = config, run_dir
     self.envs, self.replay, self.networks = envs, replay, networks
     self.update, self.state, self.actor = update, state, actor
@@ -269,6 +393,10 @@ class Run:
     self.first_env_steps = actor.env_steps
     self._seconds_before = progress.seconds  # of the processes before this
     self.recent = collections.deque(progress.recent_returns, maxlen=100)
+    # Replay steps that do not count towards the warm-up: after a resume
+    # over several processes only process 0 has its replay back, and all
+    # must start updating at the same iteration.
+    self.replay_lag = replay_lag
 
   @property
   def env_steps(self) -> int:
@@ -284,10 +412,18 @@ class Run:
     return float(np.mean(self.recent)) if self.recent else None
 
 
-def default_run_dir(config) -> str:
-  name = (f"{config.env_id.replace('/', '_')}_seed{config.seed}_"
-          f"{time.strftime('%Y%m%d-%H%M%S')}")
+def default_run_dir(config, stamp: Optional[str] = None) -> str:
+  """`LOGDIR/<env>_seed<seed>_<stamp>`, the stamp being the time by default."""
+  stamp = stamp or time.strftime('%Y%m%d-%H%M%S')
+  name = f"{config.env_id.replace('/', '_')}_seed{config.seed}_{stamp}"
   return os.path.join(config.logdir, name)
+
+
+def _shared_stamp() -> str:
+  """Process 0's time stamp on every process: all name the same run."""
+  stamp = np.frombuffer(time.strftime('%Y%m%d-%H%M%S').encode(), np.uint8)
+  stamp = multihost_utils.broadcast_one_to_all(stamp.astype(np.int32))
+  return bytes(np.asarray(stamp, np.uint8)).decode()
 
 
 def _make_run_dir(run_dir: str) -> None:
@@ -302,56 +438,83 @@ def _make_run_dir(run_dir: str) -> None:
                       f"{e.strerror or e}") from None
 
 
+def _check_resumable(run_dir: str) -> None:
+  if not os.path.isdir(os.path.join(run_dir, checkpoint.CHECKPOINT_DIR)):
+    raise checkpoint.CheckpointError(
+        f"{run_dir} has no {checkpoint.CHECKPOINT_DIR}/ folder to resume from")
+
+
 def setup(config, run_dir: str, resume: bool, progress: bool) -> Run:
   """Builds envs, replay, networks, state and actor; restores them from the
   newest checkpoint when `resume`. Bad configs raise before anything is
-  written."""
+  written.
+
+  Over several processes, process `k > 0` writes `process_dir(run_dir, k)`
+  and keeps no checkpoints: it resumes from what process 0 restored.
+  """
   check_batch_split(config, jax.local_device_count())
-  if resume and not os.path.isdir(os.path.join(run_dir,
-                                               checkpoint.CHECKPOINT_DIR)):
-    raise checkpoint.CheckpointError(
-        f"{run_dir} has no {checkpoint.CHECKPOINT_DIR}/ folder to resume from")
-  envs = envs_lib.make_vector_env(config)
+  index = jax.process_index()
+  multi_process = jax.process_count() > 1
+  own_dir = process_dir(run_dir, index)
+  if resume and not multi_process:
+    _check_resumable(run_dir)
+  seed = process_seed(config)
+  envs = envs_lib.make_vector_env(config, seed=seed)
   spec = envs_lib.env_spec(envs, config.env_id)
   try:
-    replay = make_replay(config, spec, verbose=progress)
-    if not resume:
-      _make_run_dir(run_dir)
+    replay = make_replay(config, spec, verbose=progress, seed=seed)
+    if not resume or index > 0:
+      _make_run_dir(own_dir)
   except ConfigError:
     envs.close()
     raise
   networks = build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(config.seed))
-  actor = Actor(envs, networks, replay, config.stack, config.seed)
-  checkpoints = checkpoint.Checkpoints(run_dir, keep=config.keep_checkpoints)
+  actor = Actor(envs, networks, replay, config.stack, seed)
+  checkpoints = None
+  if index == 0:
+    checkpoints = checkpoint.Checkpoints(run_dir, keep=config.keep_checkpoints,
+                                         this_process_only=multi_process)
   run_progress = Progress()
+  replay_lag = 0
   if resume:
     try:
-      state, run_progress = restore(checkpoints, config, state, actor, replay,
-                                    envs, verbose=progress)
+      if multi_process:
+        state, run_progress = restore_processes(checkpoints, config, state,
+                                                actor, replay, envs, run_dir,
+                                                verbose=progress)
+        replay_lag = replay.total_steps
+      else:
+        state, run_progress = restore(checkpoints, config, state, actor,
+                                      replay, envs, verbose=progress)
     except Exception:
       envs.close()
-      checkpoints.close()
+      if checkpoints is not None:
+        checkpoints.close()
       raise
   # Written once the checkpoint is known to match: a resume with overrides
   # (e.g. a longer run) records them.
-  with open(os.path.join(run_dir, "config.json"), "w") as f:
+  with open(os.path.join(own_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   update = DeviceUpdate(networks, config)
   evaluator = None
-  if config.eval_interval > 0:
+  if config.eval_interval > 0 and index == 0:
     evaluator = Evaluator(config, networks, config.eval_episodes,
                           config.eval_greedy)
-  return Run(config, run_dir, envs, replay, networks, update,
-             update.place(state), actor, checkpoints, evaluator, run_progress)
+  return Run(config, own_dir, envs, replay, networks, update,
+             update.place(state), actor, checkpoints, evaluator, run_progress,
+             replay_lag)
 
 
 def save(run: Run) -> None:
-  """Writes a checkpoint of the whole run at its current env step."""
+  """Writes a checkpoint of the whole run at its current env step (only
+  process 0 writes; the params are the same on every process)."""
   config, progress = run.config, run.progress
   progress.seconds = run.seconds()
   progress.recent_returns = list(run.recent)
   progress.last_checkpoint = run.env_steps
+  if run.checkpoints is None:
+    return
   actor_counters, actor_arrays = run.actor.state_dict()
   replay_counters, replay_arrays = run.replay.state_dict()
   envs_state = None
@@ -393,6 +556,50 @@ def restore(checkpoints, config, state, actor, replay, envs, verbose: bool):
   return state, progress
 
 
+def restore_processes(checkpoints, config, state, actor, replay, envs,
+                      run_dir: str, verbose: bool):
+  """`restore` over several processes; returns `(state, progress)`.
+
+  Process 0 restores its newest checkpoint; the others receive its learner
+  state and counters (no shared file system needed) and restart their envs
+  with new seeds and an empty replay. Whether process 0 succeeded is shared
+  first, so that on an error every process stops rather than waiting for it.
+  """
+  error, progress = None, Progress()
+  if checkpoints is not None:  # process 0
+    try:
+      _check_resumable(run_dir)
+      state, progress = restore(checkpoints, config, state, actor, replay,
+                                envs, verbose)
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+  if not _from_process_0(error is None):
+    if error is not None:
+      raise error
+    raise checkpoint.CheckpointError(
+        "process 0 could not resume the run (its error says why)")
+  state = multihost_utils.broadcast_one_to_all(jax.device_get(state))
+  counters = np.array([actor.env_steps, progress.updates,
+                       progress.last_checkpoint, len(progress.resumed_at)],
+                      np.int64)
+  if np.any(counters >= 2**31):  # jax without x64 carries them as int32
+    raise checkpoint.CheckpointError("counters beyond int32: cannot resume "
+                                     "over several processes")
+  counters = multihost_utils.broadcast_one_to_all(counters.astype(np.int32))
+  env_steps, updates, last_checkpoint, resumes = (int(c) for c in counters)
+  if checkpoints is None:
+    # This process's episodes and replay were not saved: start new ones, at
+    # process 0's step count so that every process stops at the same step.
+    actor.restart_episodes(seed=process_seed(config) + 7919 * resumes)
+    actor.env_steps = env_steps
+    progress = Progress(updates=updates, last_checkpoint=last_checkpoint,
+                        resumed_at=[env_steps])
+  # Not the run an uninterrupted one would have been: the other processes'
+  # episodes restart and every process waits for their replays to refill.
+  progress.exact_resume = False
+  return state, progress
+
+
 def act(run: Run) -> None:
   """Steps the envs `steps_per_update` times and records finished episodes."""
   run.actor.step(run.acting_params(), run.config.steps_per_update)
@@ -411,7 +618,7 @@ def learn(run: Run):
   """One update on a replay batch; returns its metrics (None in warm-up)."""
   config = run.config
   window = config.sequence_length + config.unroll_steps + 1
-  if run.replay.total_steps < config.warmup_steps + window:
+  if run.replay.total_steps - run.replay_lag < config.warmup_steps + window:
     return None
   batch = run.replay.sample(config.batch_size, config.steps_per_update,
                             config.replay_proportion)
@@ -469,8 +676,9 @@ def _due(interval: int, last: int, now: int) -> bool:
 
 def summarize(run: Run, interrupted: bool, stopped_early: bool) -> Dict[str, Any]:
   progress, last_eval = run.progress, (run.progress.evaluations or [None])[-1]
-  latest = run.checkpoints.latest_step()
-  return dict(
+  latest = (run.checkpoints.latest_step() if run.checkpoints is not None
+            else None)
+  summary = dict(
       env_id=run.config.env_id, seed=run.config.seed,
       solved_at_steps=progress.solved_at_steps,
       solved_at_seconds=progress.solved_at_seconds,
@@ -486,7 +694,15 @@ def summarize(run: Run, interrupted: bool, stopped_early: bool) -> Dict[str, Any
       evaluations=progress.evaluations,
       resumed_at=progress.resumed_at, exact_resume=progress.exact_resume,
       checkpoint=(os.path.join(run.checkpoints.directory, str(latest))
-                  if latest is not None else None))
+                  if latest is not None else None),
+      params_digest=params_digest(run.update.first(run.state)))
+  if run.update.num_processes > 1:
+    summary.update(process_index=jax.process_index(),
+                   num_processes=run.update.num_processes,
+                   global_devices=jax.device_count(),
+                   global_batch_size=(run.config.batch_size *
+                                      run.update.num_processes))
+  return summary
 
 
 def finish(run: Run, interrupted: bool, stopped_early: bool,
@@ -507,10 +723,32 @@ def finish(run: Run, interrupted: bool, stopped_early: bool,
     return summary
   finally:
     run.logger.close()
-    run.checkpoints.close()
+    if run.checkpoints is not None:
+      run.checkpoints.close()
     if run.evaluator is not None:
       run.evaluator.close()
     run.envs.close()
+
+
+def _forward_interrupts_to_jax():
+  """Over several processes, Ctrl-C becomes a SIGTERM to this process.
+
+  jax's preemption notifier (installed by `jax.distributed.initialize`)
+  catches SIGTERM and tells every process; `_stop_point_reached` then stops
+  them all at the same iteration. Returns the handler it replaced.
+  """
+  def forward(signum, frame):
+    del signum, frame
+    os.kill(os.getpid(), signal.SIGTERM)
+  return signal.signal(signal.SIGINT, forward)
+
+
+def _stop_point_reached(step: int) -> bool:
+  """Whether all processes are to stop here after a SIGTERM to any of them."""
+  try:
+    return multihost_utils.reached_preemption_sync_point(step)
+  except RuntimeError:  # jax_enable_preemption_service is off
+    return False
 
 
 def train(config, run_dir: Optional[str] = None, resume: bool = False,
@@ -523,15 +761,26 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
   `resume` continues the run in `run_dir` from its newest checkpoint.
   `on_log(env_steps, mean_return_last_100)` is called at every log and may
   return True to stop the run early (e.g. a pruned sweep trial).
+
+  With `config.distributed`, this is one process of a multi-process run
+  (see the module docstring): every process calls it with the same config
+  and `run_dir`; only process 0 shows progress, and the decisions to stop
+  early (`stop_when_solved`, `on_log`) are process 0's.
   """
-  if config.distributed:
-    jax.distributed.initialize()
+  init_distributed(config)
+  multi_process = jax.process_count() > 1
   if run_dir is None:
-    run_dir = (os.path.join(config.logdir, run_name) if run_name
-               else default_run_dir(config))
+    run_dir = (os.path.join(config.logdir, run_name) if run_name else
+               default_run_dir(config, _shared_stamp() if multi_process
+                               else None))
+  progress = progress and jax.process_index() == 0
   run = setup(config, run_dir, resume, progress)
-  run.logger = Logger(run_dir, config, run.env_steps, resume, progress)
+  run.logger = Logger(run.run_dir, config, run.env_steps, resume, progress)
   interrupted = stopped_early = failed = False
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  previous_sigint = None
+  if multi_process and in_main_thread:
+    previous_sigint = _forward_interrupts_to_jax()
   try:
     while run.env_steps < config.total_env_steps:
       before = run.env_steps
@@ -539,22 +788,34 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
       # (donating) update are then consistent for the checkpoint.
       with interrupts_deferred():
         act(run)
+        solved = bool(config.stop_when_solved and run.progress.solved_at_steps)
+        if multi_process and config.stop_when_solved:
+          solved = bool(_from_process_0(solved))
         metrics = None
-        if not (config.stop_when_solved and run.progress.solved_at_steps):
+        if not solved:
           metrics = learn(run)
-      if config.stop_when_solved and run.progress.solved_at_steps:
+      if solved:
         break
       if metrics is not None and run.progress.updates % config.log_interval == 0:
         log(run, metrics)
-        mean = run.mean_return()
-        if on_log is not None and mean is not None and on_log(run.env_steps,
-                                                              mean):
-          stopped_early = True
-          break
-      if _due(config.eval_interval, before, run.env_steps):
+        if on_log is not None:
+          mean = run.mean_return()
+          stop = mean is not None and on_log(run.env_steps, mean)
+          if multi_process:
+            stop = bool(_from_process_0(bool(stop)))
+          if stop:
+            stopped_early = True
+            break
+      if (_due(config.eval_interval, before, run.env_steps) and
+          run.evaluator is not None):  # process 0 alone evaluates
         evaluate(run)
       if _due(config.checkpoint_interval, before, run.env_steps):
         save(run)
+      # Counted in iterations: jax's protocol stops all at the step after
+      # the largest one any process reported, so steps must go up by 1.
+      if multi_process and _stop_point_reached(
+          run.env_steps // (config.num_envs * config.steps_per_update)):
+        raise KeyboardInterrupt  # a SIGTERM (or Ctrl-C) reached a process
   except KeyboardInterrupt:
     interrupted = True
     print("\ninterrupted: saving a checkpoint of the current state", flush=True)
@@ -562,5 +823,7 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
     failed = True  # The state is not finite: keep the last checkpoint.
     raise
   finally:
+    if previous_sigint is not None:
+      signal.signal(signal.SIGINT, previous_sigint)
     summary = finish(run, interrupted, stopped_early, failed)
   return summary

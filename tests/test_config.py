@@ -133,6 +133,8 @@ def test_string_override(in_repo_root):
     (["--config.conv_channels=[16]"], "conv_channels"),
     (["--config.frame_size=0"], "frame_size"),
     (["--config.sticky_actions=2.0"], "sticky_actions"),
+    (["--config.num_processes=-1"], "num_processes"),
+    (["--config.num_processes=2", "--config.process_id=2"], "process_id"),
 ])
 def test_parse_args_errors(in_repo_root, argv, match):
   with pytest.raises(config_lib.ConfigError, match=match):
