@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from muesli_jax import envs, training  # noqa: E402
+from muesli_jax import anakin, envs, training  # noqa: E402
 from muesli_jax.checkpoint import CheckpointError  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args, parse_resume_args  # noqa: E402
 from muesli_jax.envs import UnknownEnvError  # noqa: E402
@@ -36,9 +36,13 @@ def main(argv) -> int:
       run_dir, config = parse_resume_args(argv)
     else:
       config, run_dir = parse_args(argv), None
-    envs.check_env_id(config.env_id)
-    summary = training.train(config, run_dir=run_dir,
-                             resume=run_dir is not None)
+    if anakin.is_anakin(config):  # gymnax: the whole loop on the device
+      summary = anakin.train_anakin(config, run_dir=run_dir,
+                                    resume=run_dir is not None)
+    else:
+      envs.check_env_id(config.env_id)
+      summary = training.train(config, run_dir=run_dir,
+                               resume=run_dir is not None)
   except (ConfigError, UnknownEnvError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -50,8 +54,9 @@ def main(argv) -> int:
     print(f"mean return of the last 100 episodes first reached "
           f"{config.solve_return:g} at {solved} env steps "
           f"({summary['solved_at_seconds']:.0f} s)")
-  print(f"checkpoint: {summary['checkpoint']}")
-  if summary["eval_return_mean"] is not None:
+  if summary.get("checkpoint"):
+    print(f"checkpoint: {summary['checkpoint']}")
+  if summary.get("eval_return_mean") is not None:
     print(f"evaluation: {summary['eval_return_mean']:.4g} ± "
           f"{summary['eval_return_std']:.3g} "
           f"({config.eval_episodes} episodes at {summary['env_steps']} steps)")
@@ -60,7 +65,7 @@ def main(argv) -> int:
         f"{'n/a' if mean is None else f'{mean:.4g}'} "
         f"({summary['episodes']} episodes, {summary['env_steps']} env steps, "
         f"{summary['seconds']:.0f} s)")
-  return 130 if summary["interrupted"] else 0
+  return 130 if summary.get("interrupted") else 0
 
 
 if __name__ == "__main__":
