@@ -516,10 +516,8 @@ def train_anakin(config, run_dir: Optional[str] = None, progress: bool = True,
   devices = jax.local_devices()
   check_config(config, len(devices))
   if run_dir is None:
-    # No ':' in the folder name: TensorBoard reads NAME:PATH in --logdir.
-    name = run_name or (f"{config.env_id.replace(':', '_').replace('/', '_')}"
-                        f"_seed{config.seed}_{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = os.path.join(config.logdir, name)
+    run_dir = (os.path.join(config.logdir, run_name) if run_name
+               else training.default_run_dir(config))
   training._make_run_dir(run_dir)  # pylint: disable=protected-access
   with open(os.path.join(run_dir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))

@@ -54,6 +54,9 @@ def replay_nbytes(capacity: int, num_envs: int, frame_shape, frame_dtype,
 class SequenceReplay:
   """Ring buffer of `[capacity, num_envs]` steps; samples `[B, W]` windows."""
 
+  _ARRAYS = ("observation", "action", "reward", "discount", "mask",
+             "behaviour_logits", "mc_return", "mc_valid", "episode_start")
+
   def __init__(self, capacity: int, num_envs: int, observation_shape,
                observation_dtype, num_actions: int, window: int,
                discount: float = 0.99, mc_returns: bool = False,
@@ -90,10 +93,7 @@ class SequenceReplay:
     return min(self.total_steps, self.capacity)
 
   def nbytes(self) -> int:
-    return sum(a.nbytes for a in (self.observation, self.action, self.reward,
-                                  self.discount, self.mask,
-                                  self.behaviour_logits, self.mc_return,
-                                  self.mc_valid, self.episode_start))
+    return sum(getattr(self, k).nbytes for k in self._ARRAYS)
 
   def add(self, observation, action, reward, discount, mask,
           behaviour_logits) -> None:
@@ -195,8 +195,6 @@ class SequenceReplay:
     frames = self.observation[frame_times % self.capacity, cols]
     return stack_frames(frames, self._frame_ndim)
 
-  _ARRAYS = ("observation", "action", "reward", "discount", "mask",
-             "behaviour_logits", "mc_return", "mc_valid", "episode_start")
 
   def state_dict(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """`(counters, arrays)`: everything a resumed run needs to sample the

@@ -363,7 +363,8 @@ class Logger:
       self._bar.set_postfix(refresh=False, **postfix)
 
   def message(self, text: str):
-    self._bar.write(text) if not self._bar.disable else None
+    if not self._bar.disable:
+      self._bar.write(text)
 
   def flush(self):
     self._csv.flush()
@@ -413,9 +414,14 @@ class Run:
 
 
 def default_run_dir(config, stamp: Optional[str] = None) -> str:
-  """`LOGDIR/<env>_seed<seed>_<stamp>`, the stamp being the time by default."""
+  """`LOGDIR/<env>_seed<seed>_<stamp>`, the stamp being the time by default.
+
+  '/' and ':' in the env id become '_' (TensorBoard reads NAME:PATH in
+  `--logdir`, so `gymnax:CartPole-v1` must not name a folder as it is).
+  """
   stamp = stamp or time.strftime('%Y%m%d-%H%M%S')
-  name = f"{config.env_id.replace('/', '_')}_seed{config.seed}_{stamp}"
+  env = config.env_id.replace('/', '_').replace(':', '_')
+  name = f"{env}_seed{config.seed}_{stamp}"
   return os.path.join(config.logdir, name)
 
 

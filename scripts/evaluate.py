@@ -8,7 +8,6 @@ checkpoints). Acts with the target (prior) params, as training does.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -74,7 +73,7 @@ def main():
     result, fps = evaluate(args.run_dir, args.episodes, args.greedy,
                            args.seed, record=bool(args.video))
   except (envs_lib.UnknownEnvError, checkpoint.CheckpointError, ConfigError,
-          json.JSONDecodeError, OSError) as e:
+          OSError) as e:
     return fail(e)
   returns = result.returns
   mode = "greedy" if args.greedy else "sampled"
