@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sticky_actions = 0.25  # Atari: repeat the last action (Machado et al.)
   c.noop_max = 30  # Atari: random no-ops at reset
   c.full_action_space = False  # Atari: all 18 actions
+  # Acting (see the README's "Acting while the learner updates").
+  c.async_acting = False  # step the envs on a thread during each update
+  c.actor_device = ""  # "": jax's default device; "cpu": the host's CPU
   # Running.
   c.logdir = "runs"
   c.log_interval = 50  # updates between TensorBoard writes

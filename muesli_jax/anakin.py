@@ -428,6 +428,10 @@ def check_config(config, num_devices: int) -> None:
   if config.stack != 1:
     raise ConfigError(f"Anakin runs use gymnax's full-state observations: "
                       f"stack must be 1, got {config.stack}")
+  if config.get("async_acting"):
+    raise ConfigError("async_acting does not apply to Anakin (gymnax) runs: "
+                      "acting and the update are already one computation on "
+                      "the device")
   if config.value_target == "mc":
     raise ConfigError("value_target 'mc' needs Monte-Carlo returns, which "
                       "the Anakin replay does not compute: use retrace or "

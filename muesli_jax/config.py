@@ -224,6 +224,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "sticky_actions" in config and not 0.0 <= config.sticky_actions <= 1.0:
     raise ConfigError(f"sticky_actions must be in [0, 1], got "
                       f"{config.sticky_actions}")
+  if "actor_device" in config and config.actor_device not in ("", "cpu"):
+    raise ConfigError(f"actor_device must be \"\" (jax's default device) or "
+                      f"cpu, got {config.actor_device!r}")
   if config.value_min >= config.value_max:
     raise ConfigError("value_min must be below value_max")
   window = config.sequence_length + config.unroll_steps + 1

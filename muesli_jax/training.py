@@ -15,6 +15,7 @@ early would leave the others waiting in the update's collectives.
 """
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -28,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
@@ -398,6 +400,12 @@ class Run:
     # over several processes only process 0 has its replay back, and all
     # must start updating at the same iteration.
     self.replay_lag = replay_lag
+    self.actor_device = actor_device(config)
+    # With `async_acting` the actor steps the envs on this thread.
+    self.actor_thread = (concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="actor") if config.async_acting else None)
+    # Losses of updates not yet read back: `(update, loss on the device)`.
+    self.unchecked_losses: List[Any] = []
 
   @property
   def env_steps(self) -> int:
@@ -409,8 +417,35 @@ class Run:
   def acting_params(self):
     return self.update.first(self.state.target_params)
 
+  def actor_params(self):
+    """The acting params on the actor's device.
+
+    For acting on a thread they are a copy where they would share buffers
+    with the state: the update running meanwhile donates (frees) those.
+    """
+    params = self.acting_params()
+    if self.actor_device is not None:
+      params = jax.device_put(params, self.actor_device)
+    if self.actor_thread is not None and (
+        self.actor_device is None or self.actor_device in self.update.devices):
+      params = _copy_tree(params)
+    return params
+
   def mean_return(self) -> Optional[float]:
     return float(np.mean(self.recent)) if self.recent else None
+
+
+@jax.jit
+def _copy_tree(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def actor_device(config):
+  """The device of the actor's policy steps: the host CPU for
+  `actor_device="cpu"`, else None (jax's default device, the learner's)."""
+  if config.actor_device == "cpu":
+    return jax.devices("cpu")[0]
+  return None
 
 
 def default_run_dir(config, stamp: Optional[str] = None) -> str:
@@ -515,6 +550,7 @@ def setup(config, run_dir: str, resume: bool, progress: bool) -> Run:
 def save(run: Run) -> None:
   """Writes a checkpoint of the whole run at its current env step (only
   process 0 writes; the params are the same on every process)."""
+  check_losses(run)  # never write a state that is not finite
   config, progress = run.config, run.progress
   progress.seconds = run.seconds()
   progress.recent_returns = list(run.recent)
@@ -608,7 +644,11 @@ def restore_processes(checkpoints, config, state, actor, replay, envs,
 
 def act(run: Run) -> None:
   """Steps the envs `steps_per_update` times and records finished episodes."""
-  run.actor.step(run.acting_params(), run.config.steps_per_update)
+  run.actor.step(run.actor_params(), run.config.steps_per_update)
+  record_episodes(run)
+
+
+def record_episodes(run: Run) -> None:
   progress = run.progress
   for ret, length in run.actor.pop_episodes():
     run.recent.append(ret)
@@ -620,21 +660,72 @@ def act(run: Run) -> None:
     progress.solved_at_seconds = run.seconds()
 
 
-def learn(run: Run):
-  """One update on a replay batch; returns its metrics (None in warm-up)."""
+def sample(run: Run):
+  """A replay batch, or None while the replay warms up."""
   config = run.config
   window = config.sequence_length + config.unroll_steps + 1
   if run.replay.total_steps - run.replay_lag < config.warmup_steps + window:
     return None
-  batch = run.replay.sample(config.batch_size, config.steps_per_update,
-                            config.replay_proportion)
+  return run.replay.sample(config.batch_size, config.steps_per_update,
+                           config.replay_proportion)
+
+
+def update(run: Run, batch):
+  """Dispatches one update; its loss is read back by `check_losses`."""
   run.state, metrics = run.update(run.state, batch)
   run.progress.updates += 1
-  loss = float(run.update.first(metrics["loss"]))
-  if not math.isfinite(loss):
-    raise NonFiniteLossError(
-        f"loss became {loss} at update {run.progress.updates} (env step "
-        f"{run.env_steps}); stopping (the last checkpoint is kept)")
+  run.unchecked_losses.append((run.progress.updates, metrics["loss"]))
+  return metrics
+
+
+def check_losses(run: Run, keep_newest: bool = False) -> None:
+  """Reads back the losses not yet checked (waiting for their updates) and
+  stops the run on one that is not finite; `keep_newest` leaves the newest
+  update's for later, so that its update may still run."""
+  pending = run.unchecked_losses
+  checked = pending[:-1] if keep_newest else pending
+  run.unchecked_losses = pending[len(checked):]
+  for updates, loss in checked:
+    loss = float(run.update.first(loss))
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f"loss became {loss} at update {updates} (env step "
+          f"{run.env_steps}); stopping (the last checkpoint is kept)")
+
+
+def learn(run: Run):
+  """One update on a replay batch; returns its metrics (None in warm-up)."""
+  batch = sample(run)
+  if batch is None:
+    return None
+  metrics = update(run, batch)
+  check_losses(run)
+  return metrics
+
+
+def act_and_learn(run: Run):
+  """One iteration of `async_acting`: the actor steps the envs on its thread
+  with the params of the previous update while this update runs on the
+  device; returns the update's metrics (None in warm-up).
+
+  The batch is drawn before the actor starts and the actor is joined before
+  anything else reads the replay, so the replay is never read and written
+  at once and a run is as deterministic as a synchronous one: update `i`
+  learns from the steps of iterations `< i`, one iteration behind the
+  synchronous loop. No host sync per update: a loss is read back one
+  iteration later, when the actor has already waited for its params.
+  """
+  batch = sample(run)
+  acting = run.actor_thread.submit(run.actor.step, run.actor_params(),
+                                   run.config.steps_per_update)
+  metrics = None
+  try:
+    if batch is not None:
+      metrics = update(run, batch)
+  finally:
+    acting.result()  # re-raises the actor's error, if any
+  record_episodes(run)
+  check_losses(run, keep_newest=True)
   return metrics
 
 
@@ -715,7 +806,13 @@ def finish(run: Run, interrupted: bool, stopped_early: bool,
            failed: bool) -> Dict[str, Any]:
   """Final evaluation and checkpoint (unless the run broke off), summary.json,
   and closes everything."""
+  error = None
   try:
+    if not failed:
+      try:
+        check_losses(run)  # the newest update's, under async acting
+      except NonFiniteLossError as e:
+        failed, error = True, e
     completed = not (interrupted or failed or stopped_early)
     evaluations = run.progress.evaluations
     if (run.evaluator is not None and completed and
@@ -726,9 +823,13 @@ def finish(run: Run, interrupted: bool, stopped_early: bool,
     summary = summarize(run, interrupted, stopped_early)
     with open(os.path.join(run.run_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+    if error is not None:
+      raise error
     return summary
   finally:
     run.logger.close()
+    if run.actor_thread is not None:
+      run.actor_thread.shutdown()
     if run.checkpoints is not None:
       run.checkpoints.close()
     if run.evaluator is not None:
@@ -793,12 +894,15 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
       # An interrupt waits for the iteration's end: actor, replay and the
       # (donating) update are then consistent for the checkpoint.
       with interrupts_deferred():
-        act(run)
+        if config.async_acting:
+          metrics = act_and_learn(run)
+        else:
+          act(run)
+          metrics = None
         solved = bool(config.stop_when_solved and run.progress.solved_at_steps)
         if multi_process and config.stop_when_solved:
           solved = bool(_from_process_0(solved))
-        metrics = None
-        if not solved:
+        if not solved and not config.async_acting:
           metrics = learn(run)
       if solved:
         break

@@ -1,7 +1,7 @@
 """Measures the speed of the env, the actor and the learner; optionally a solve.
 
 `python scripts/benchmark.py --config lunar.py --out bench.json [--config.KEY=VALUE ...]
-    [--reps 5] [--seconds 3] [--solve THRESHOLD] [--solve-seeds N]
+    [--reps 5] [--seconds 3] [--no-loops] [--solve THRESHOLD] [--solve-seeds N]
     [--solve-budget STEPS]`
 
 Figures (each measured `--reps` times for `--seconds`; median, min, max):
@@ -20,6 +20,11 @@ Figures (each measured `--reps` times for `--seconds`; median, min, max):
   checkpoint s, MiB   one periodic checkpoint as training writes it, with a
                       full replay (filled by repeating the actor's steps, so
                       frames compress like real ones), and its restore
+  sync / async loop   end-to-end `training.train` with `async_acting` off and
+                      on (alternating, min(reps, 3) each, `--seconds` from
+                      the first log): env steps/s, and the learner
+                      utilisation, loop updates/s over fixed-batch updates/s
+                      (`--no-loops` skips them)
 With `--solve THRESHOLD`, `--solve-seeds` end-to-end `training.train` runs
 (seeds config.seed, config.seed+1, ...) of at most `--solve-budget` env
 steps, each recording when the mean return of the last 100 episodes first
@@ -60,6 +65,8 @@ def parse_options(argv):
                       help="repetitions of each figure (default 5)")
   parser.add_argument("--seconds", type=float, default=3.0,
                       help="wall-clock seconds per repetition (default 3)")
+  parser.add_argument("--no-loops", action="store_true",
+                      help="skip the end-to-end sync and async loop figures")
   parser.add_argument("--solve", type=float, default=None, metavar="THRESHOLD",
                       help="also train end to end until this mean return")
   parser.add_argument("--solve-seeds", type=int, default=1,
@@ -364,6 +371,65 @@ def run_speed_figures(config, reps: int, seconds: float):
   return figures, compilations, extras
 
 
+def measure_loop(config, async_acting: bool, seconds: float) -> dict:
+  """End-to-end `training.train` in the synchronous or the async-acting
+  loop: env steps/s and updates/s from its first log after the warm-up
+  (compilation excluded) until `seconds` later."""
+  config = config.copy_and_resolve_references()
+  config.update(async_acting=async_acting, eval_interval=0,
+                checkpoint_interval=0, stop_when_solved=False)
+  marks = []
+
+  def on_log(env_steps, _):
+    marks.append((time.perf_counter(), env_steps))
+    return marks[-1][0] - marks[0][0] >= seconds
+
+  with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
+    config.logdir = tmp
+    summary = training.train(config, progress=False, on_log=on_log)
+  if len(marks) < 2:
+    return None
+  (t0, steps0), (t1, steps1) = marks[0], marks[-1]
+  per_update = config.num_envs * config.steps_per_update
+  return dict(env_steps_per_second=(steps1 - steps0) / (t1 - t0),
+              updates_per_second=(steps1 - steps0) / per_update / (t1 - t0),
+              compilations=summary["update_compilations"])
+
+
+def run_loop_figures(config, reps: int, seconds: float, learner_rate: float):
+  """The synchronous and the async-acting loop end to end, alternating, and
+  the learner's share of the time in each: loop updates/s over the fixed-
+  batch updates/s measured above (1 = the device never waits)."""
+  rates = {False: [], True: []}
+  compilations = []
+  for rep in range(reps):
+    for async_acting in (False, True):
+      result = measure_loop(config, async_acting, seconds)
+      if result is None:
+        raise ConfigError("the loop figures need at least two logs: raise "
+                          "total_env_steps or lower log_interval")
+      rates[async_acting].append(result)
+      compilations.append(result["compilations"])
+      print(f"  loop rep {rep + 1}/{reps}, "
+            f"{'async' if async_acting else 'sync '}: "
+            f"{result['env_steps_per_second']:.0f} env steps/s, "
+            f"{result['updates_per_second']:.3g} updates/s", flush=True)
+  figures = {}
+  for async_acting, name in ((False, "sync loop"), (True, "async loop")):
+    runs = rates[async_acting]
+    figures[f"{name} env steps/s"] = summarize(
+        [r["env_steps_per_second"] for r in runs], "env steps/s",
+        "end to end, compilation excluded")
+    figures[f"{name} learner utilisation"] = summarize(
+        [r["updates_per_second"] / learner_rate for r in runs], "ratio",
+        "loop updates/s / fixed-batch updates/s")
+  figures["async / sync loop"] = summarize(
+      [a["env_steps_per_second"] / s["env_steps_per_second"]
+       for s, a in zip(rates[False], rates[True])], "ratio",
+      "per rep, env steps/s")
+  return figures, compilations
+
+
 def solve_median(values):
   """Median with unsolved runs (None) counted as slower than any solved one;
   None when the median run did not solve."""
@@ -510,6 +576,20 @@ def main(argv) -> int:
   results["warmup"] = extras
   problems = [] if compilations == 1 else [
       f"the update was traced {compilations} times, not once"]
+  if not options.no_loops:
+    print("loops: the synchronous and the async-acting training loop, "
+          "alternating", flush=True)
+    try:
+      loop_figures, loop_compilations = run_loop_figures(
+          config, min(options.reps, 3), options.seconds,
+          figures["learner updates/s (fixed batch)"]["median"])
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    figures.update(loop_figures)
+    if any(c != 1 for c in loop_compilations):
+      problems.append(f"the update was traced {loop_compilations} times in "
+                      "the loop runs, not once each")
   if options.solve is not None:
     print(f"solve: {options.solve_seeds} run(s), each up to "
           f"{options.solve_budget or config.total_env_steps} env steps until "

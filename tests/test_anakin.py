@@ -216,6 +216,10 @@ def test_routing_and_config_checks():
   with pytest.raises(ConfigError, match="Monte-Carlo"):
     anakin.check_config(config, 1)
   config = anakin_cartpole.get_config()
+  config.async_acting = True
+  with pytest.raises(ConfigError, match="async_acting does not apply"):
+    anakin.check_config(config, 1)
+  config = anakin_cartpole.get_config()
   config.num_envs = 7
   with pytest.raises(ConfigError, match="num_envs 7 must be divisible"):
     anakin.check_config(config, 2)

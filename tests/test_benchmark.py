@@ -13,6 +13,10 @@ SPEED_FIGURES = (
     "learner GFLOP/s (fixed batch)", "matmul GFLOP/s (peak reference)",
     "learner / matmul peak", "policy step ms (idle device)",
     "policy step ms (update in flight)", "update compilations")
+LOOP_FIGURES = (
+    "sync loop env steps/s", "sync loop learner utilisation",
+    "async loop env steps/s", "async loop learner utilisation",
+    "async / sync loop")
 
 
 def run_benchmark(tmp_path, *args):
@@ -44,8 +48,20 @@ def test_speed_figures_are_measured_and_consistent(tmp_path):
   acting, raw = (figures[k]["values"] for k in ("actor env steps/s",
                                                   "raw env steps/s"))
   assert ratios == [a / r for a, r in zip(acting, raw)]
-  for line in ("raw env steps/s", "learner / matmul peak"):
+  for line in ("raw env steps/s", "learner / matmul peak", "async / sync loop"):
     assert line in proc.stdout  # the printed table
+  # Both training loops ran end to end, alternating, in the same run.
+  assert set(LOOP_FIGURES) <= set(figures), sorted(figures)
+  for name in LOOP_FIGURES:
+    assert figures[name]["reps"] == 2 and figures[name]["min"] > 0, name
+  sync, async_ = (figures[f"{m} loop env steps/s"]["values"]
+                  for m in ("sync", "async"))
+  assert figures["async / sync loop"]["values"] == [
+      a / s for s, a in zip(sync, async_)]
+  # The learner is busy at most all of the time it would be alone (with
+  # slack: the figures are measured at different moments).
+  for mode in ("sync", "async"):
+    assert figures[f"{mode} loop learner utilisation"]["max"] < 1.5
 
 
 def test_bad_option_is_a_one_line_error(tmp_path):
@@ -79,7 +95,7 @@ def test_solve_runs_every_seed_and_stops_when_solved(tmp_path):
   # 100 episodes: two short runs that each stop early.
   proc, out = run_benchmark(tmp_path, "--reps", "1", "--seconds", "0.2",
                             "--solve", "15", "--solve-seeds", "2",
-                            "--solve-budget", "20000")
+                            "--solve-budget", "20000", "--no-loops")
   assert proc.returncode == 0, proc.stderr[-2000:]
   results = json.loads(out.read_text())
   summaries = results["solve_summaries"]

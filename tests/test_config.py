@@ -135,6 +135,7 @@ def test_string_override(in_repo_root):
     (["--config.sticky_actions=2.0"], "sticky_actions"),
     (["--config.num_processes=-1"], "num_processes"),
     (["--config.num_processes=2", "--config.process_id=2"], "process_id"),
+    (["--config.actor_device=gpu"], "actor_device"),
 ])
 def test_parse_args_errors(in_repo_root, argv, match):
   with pytest.raises(config_lib.ConfigError, match=match):

@@ -126,11 +126,13 @@ def _digest_of(run_dir) -> str:
           training.params_digest(init))
 
 
+@pytest.mark.parametrize("async_acting", [False, True])
 def test_two_processes_keep_identical_params_and_collect_different_data(
-    tmp_path):
+    tmp_path, async_acting):
   logdir = tmp_path / "logs"
   with Processes(tmp_path, "run", RUN_ARGS + [
       "--config.total_env_steps=480", "--config.checkpoint_interval=0",
+      f"--config.async_acting={async_acting}",
       f"--config.logdir={logdir}"], local_devices=2) as procs:
     assert procs.wait() == [0, 0], procs.output()
   (run_dir,) = glob.glob(str(logdir / "*"))

@@ -60,13 +60,16 @@ def _returns(run_dir):
   return [(int(r[0]), r[2], int(r[3])) for r in rows]  # not the seconds
 
 
-def test_kill_9_at_a_random_update_then_resume_is_bit_identical(tmp_path):
-  uninterrupted = _train(*RUN_ARGS, f"--config.logdir={tmp_path / 'a'}")
+@pytest.mark.parametrize("async_acting", [False, True])
+def test_kill_9_at_a_random_update_then_resume_is_bit_identical(tmp_path,
+                                                                async_acting):
+  run_args = RUN_ARGS + [f"--config.async_acting={async_acting}"]
+  uninterrupted = _train(*run_args, f"--config.logdir={tmp_path / 'a'}")
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
   logdir = tmp_path / "b"
   proc = subprocess.Popen(
-      [sys.executable, "scripts/train.py", *RUN_ARGS,
+      [sys.executable, "scripts/train.py", *run_args,
        f"--config.logdir={logdir}"], cwd=REPO, env=_env(),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
