@@ -148,3 +148,11 @@ def test_pixel_configs_load_and_take_tuple_overrides(in_repo_root, name):
   config = config_lib.parse_args(["--config", name,
                                   "--config.conv_channels=(8, 8)"])
   assert config.conv_channels == (8, 8) and config.torso == "conv"
+
+
+@pytest.mark.parametrize("name", sorted(
+    f for f in os.listdir(os.path.join(config_lib.REPO_ROOT, "configs"))
+    if f.endswith(".py") and not f.startswith("_")))
+def test_every_config_file_loads_and_validates(in_repo_root, name):
+  config = config_lib.parse_args(["--config", name])
+  assert config.num_envs > 0 and config.batch_size > 0
