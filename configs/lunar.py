@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.entropy_weight = 0.003
   c.cmpo_clip = 1.0
   c.ratio_clip = 1.0
+  c.policy_gradient = "truncated_is"  # or "surrogate" (losses.policy_loss)
   c.adv_norm_decay = 0.99
   c.prior_mix_target = 0.967
   c.prior_mix_behaviour = 0.03

@@ -190,10 +190,10 @@ def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
                                   -1)[..., 0]
     return jax.vmap(lambda q, v, r, d, pi, mu, a, m: losses.retrace_targets(
         q, v, r, d, pi, mu, a, config.retrace_lambda, trace_mask_t=m))(
-            q_taken[:, 1:], v_prior[:, 1:], batch.reward[:, :-1],
-            discount_t[:, :-1], prior_logits[:, 1:],
-            batch.behaviour_logits[:, 1:], batch.action[:, 1:],
-            batch.mask[:, 1:])
+            q_taken[:, 1:-1], v_prior[:, 1:], batch.reward[:, :-1],
+            discount_t[:, :-1], prior_logits[:, 1:-1],
+            batch.behaviour_logits[:, 1:-1], batch.action[:, 1:-1],
+            batch.mask[:, 1:-1])
   if config.value_target == "nstep":
     return jax.vmap(losses.nstep_targets)(
         v_prior[:, 1:], batch.reward[:, :-1], discount_t[:, :-1],
@@ -203,16 +203,10 @@ def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
 
 def mixed_prior_log_probs(config, prior_logits: Array,
                           behaviour_logits: Array) -> Array:
-  """`[..., A]` log of the prior mixed with behaviour and uniform (App. F.2).
-
-  The mixture keeps every action's prior probability above zero, so CMPO can
-  still move mass to an action the prior has all but ruled out.
-  """
-  A = prior_logits.shape[-1]
-  mixed = (config.prior_mix_target * jax.nn.softmax(prior_logits) +
-           config.prior_mix_behaviour * jax.nn.softmax(behaviour_logits) +
-           config.prior_mix_uniform / A)
-  return jnp.log(mixed)
+  """`[..., A]` `losses.prior_mixture_log_probs` with the config's weights."""
+  return losses.prior_mixture_log_probs(
+      prior_logits, behaviour_logits, config.prior_mix_target,
+      config.prior_mix_behaviour, config.prior_mix_uniform)
 
 
 def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
@@ -247,7 +241,7 @@ def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
       adv_norm, returns[:, :T] - v_prior[:, :T], config.adv_norm_decay,
       mask=adv_mask, axis_name=axis_name)
   sigma = losses.advantage_scale(adv_norm)
-  all_adv = (q_prior - v_prior[..., None]) / sigma
+  all_adv = losses.all_action_advantages(q_prior, v_prior, sigma)
 
   cmpo_logits = losses.cmpo_policy_logits(
       mixed_prior_log_probs(config, prior.policy_logits,
@@ -286,7 +280,7 @@ def policy_loss_term(config, policy_logits: Array, batch: Batch,
   pg, extras = losses.policy_loss(
       policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
       targets.pg_adv, targets.cmpo_logits[:, :T], config.kl_weight,
-      config.ratio_clip)
+      config.ratio_clip, config.get("policy_gradient", "truncated_is"))
   if config.value_target == "mc":
     pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
   return pg, extras

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Tuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import rlax
 
 Array = chex.Array
@@ -38,6 +39,68 @@ def cmpo_policy_logits(prior_logits: Array, advantages: Array,
   chex.assert_type([prior_logits, advantages], float)
   logits = jax.nn.log_softmax(prior_logits) + jnp.clip(advantages, -clip, clip)
   return jax.lax.stop_gradient(jax.nn.log_softmax(logits))
+
+
+def categorical_kl(p_logits: Array, q_logits: Array) -> Array:
+  """`KL(p || q)` between categoricals given by logits; `[..., A] -> [...]`.
+
+  Gradients flow into both arguments (stop them where one is a target). An
+  action with `p = 0` (a logit of -inf) adds 0, whatever `q` gives it.
+  """
+  chex.assert_equal_shape([p_logits, q_logits])
+  log_p = jax.nn.log_softmax(p_logits)
+  p = jnp.exp(log_p)
+  log_ratio = jnp.where(p == 0, 0.0, log_p - jax.nn.log_softmax(q_logits))
+  return jnp.sum(p * log_ratio, axis=-1)
+
+
+def prior_mixture_log_probs(prior_logits: Array, behaviour_logits: Array,
+                            target_weight: float = 0.967,
+                            behaviour_weight: float = 0.03,
+                            uniform_weight: float = 0.003) -> Array:
+  """Log-probabilities of the CMPO prior mixed with the behaviour policy and
+  the uniform one (Muesli App. F.2); `[..., A]`.
+
+  The mixture keeps every action's prior probability above zero, so CMPO
+  can still move mass to an action the target network has all but ruled
+  out. The weights must sum to 1.
+
+  Args:
+    prior_logits: `[..., A]` logits of the prior (target-network) policy.
+    behaviour_logits: `[..., A]` logits of the policy that acted.
+    target_weight, behaviour_weight, uniform_weight: the mixture weights.
+  """
+  chex.assert_equal_shape([prior_logits, behaviour_logits])
+  chex.assert_type([prior_logits, behaviour_logits], float)
+  total = target_weight + behaviour_weight + uniform_weight
+  if abs(total - 1.0) > 1e-6:
+    raise ValueError(f"the mixture weights must sum to 1, got {total}")
+  num_actions = prior_logits.shape[-1]
+  mixed = (target_weight * jax.nn.softmax(prior_logits) +
+           behaviour_weight * jax.nn.softmax(behaviour_logits) +
+           uniform_weight / num_actions)
+  return jnp.log(mixed)
+
+
+def all_action_advantages(q: Array, v: Array, scale: Array) -> Array:
+  """`(q(s, a) - v(s)) / sigma` for every action (Muesli Eq. 10 with the
+  normalisation of Sec. 4.5): the advantages CMPO reweights the prior by.
+
+  Args:
+    q: `[..., A]` action values, e.g. the model's one-step look-ahead.
+    v: `[...]` state values.
+    scale: `[]` or `[...]` the advantage scale, e.g. `advantage_scale`.
+
+  Returns:
+    `[..., A]`, without gradient (a target).
+  """
+  chex.assert_rank(q, v.ndim + 1)
+  chex.assert_equal_shape_prefix([q, v], v.ndim)
+  chex.assert_type([q, v], float)
+  scale = jnp.asarray(scale)
+  if scale.ndim:
+    scale = scale[..., None]
+  return jax.lax.stop_gradient((q - v[..., None]) / scale)
 
 
 class AdvNormState(NamedTuple):
@@ -101,6 +164,9 @@ def scale_advantages(
   return advantages / advantage_scale(new_state, eps), new_state
 
 
+POLICY_GRADIENT_FORMS = ("truncated_is", "surrogate")
+
+
 def policy_loss(
     logits: Array,
     behaviour_logits: Array,
@@ -109,16 +175,19 @@ def policy_loss(
     cmpo_logits: Array,
     kl_weight: float = 1.0,
     ratio_clip: float = 1.0,
+    form: str = "truncated_is",
 ) -> Tuple[Array, dict]:
-  """L_pg+cmpo, Muesli Eq. 9: clipped off-policy PG plus KL to `pi_cmpo`.
+  """L_pg+cmpo (Muesli Eq. 9): an off-policy policy gradient plus the KL of
+  the policy to `pi_cmpo` (Eq. 10), `L = L_pg + kl_weight · KL(pi_cmpo || pi)`.
 
-  `L = -clip(pi(a|s)/b(a|s), 0, c) · adv(s, a) · log pi(a|s)
-       + kl_weight · KL(pi_cmpo(.|s) || pi(.|s))`
+  Two forms of `L_pg` with `rho = pi(a|s) / b(a|s)` and `c = ratio_clip`:
 
-  The importance weight is a constant (stop-gradient) truncated at
-  `ratio_clip`: where the ratio is below the clip this has the gradient of the
-  paper's `-ratio · adv`, above it the gradient stays bounded instead of
-  vanishing.
+  - `"truncated_is"` (the default): `-sg(clip(rho, 0, c)) · adv · log pi(a|s)`,
+    IMPALA's truncated importance-weighted gradient. Below the clip its
+    gradient is the surrogate's, `-rho · adv · ∇log pi`; above it the
+    gradient stays `-c · adv · ∇log pi` instead of vanishing.
+  - `"surrogate"`: `-clip(rho, 0, c) · adv`, the paper's Eq. 9 as written:
+    the gradient flows through `rho` and is zero where `rho > c`.
 
   Args:
     logits: `[..., A]` online policy logits (differentiated).
@@ -127,12 +196,16 @@ def policy_loss(
     advantages: `[...]` normalised advantages of the taken actions.
     cmpo_logits: `[..., A]` target policy logits (from `cmpo_policy_logits`).
     kl_weight: `lambda`, the weight of the regulariser.
-    ratio_clip: upper bound of the importance weight.
+    ratio_clip: `c`, the upper bound of the importance weight.
+    form: `"truncated_is"` or `"surrogate"`, see above.
 
   Returns:
-    `([...] loss, extras)` where extras holds the importance weight, the KL
-    and the policy entropy, each `[...]`.
+    `([...] loss, extras)` where extras holds the (clipped) importance
+    weight, the KL, the policy entropy and `L_pg`, each `[...]`.
   """
+  if form not in POLICY_GRADIENT_FORMS:
+    raise ValueError(f"form must be one of {POLICY_GRADIENT_FORMS}, got "
+                     f"{form!r}")
   chex.assert_equal_shape([logits, behaviour_logits, cmpo_logits])
   chex.assert_equal_shape_prefix([logits, actions, advantages], actions.ndim)
   chex.assert_rank(actions, logits.ndim - 1)
@@ -142,11 +215,17 @@ def policy_loss(
   log_b = jax.nn.log_softmax(behaviour_logits)
   log_pi_a = jnp.take_along_axis(log_pi, actions[..., None], axis=-1)[..., 0]
   log_b_a = jnp.take_along_axis(log_b, actions[..., None], axis=-1)[..., 0]
-  ratio = jax.lax.stop_gradient(jnp.exp(log_pi_a - log_b_a))
-  weight = jnp.clip(ratio, 0.0, ratio_clip)
-  pg_loss = -weight * jax.lax.stop_gradient(advantages) * log_pi_a
-  kl = rlax.categorical_kl_divergence(jax.lax.stop_gradient(cmpo_logits),
-                                      logits)
+  advantages = jax.lax.stop_gradient(advantages)
+  if form == "truncated_is":
+    weight = jnp.clip(jax.lax.stop_gradient(jnp.exp(log_pi_a - log_b_a)), 0.0,
+                      ratio_clip)
+    pg_loss = -weight * advantages * log_pi_a
+  else:
+    weight = jnp.clip(jnp.exp(log_pi_a - jax.lax.stop_gradient(log_b_a)), 0.0,
+                      ratio_clip)
+    pg_loss = -weight * advantages
+    weight = jax.lax.stop_gradient(weight)
+  kl = categorical_kl(jax.lax.stop_gradient(cmpo_logits), logits)
   entropy = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
   extras = dict(importance_weight=weight, kl=kl, entropy=entropy,
                 pg_loss=pg_loss)
@@ -169,14 +248,33 @@ def model_policy_loss(model_logits: Array, cmpo_logits: Array,
   chex.assert_equal_shape([model_logits, cmpo_logits])
   chex.assert_equal_shape([model_logits[..., 0], mask])
   chex.assert_type([model_logits, cmpo_logits, mask], float)
-  kl = rlax.categorical_kl_divergence(jax.lax.stop_gradient(cmpo_logits),
-                                      model_logits)
+  kl = categorical_kl(jax.lax.stop_gradient(cmpo_logits), model_logits)
   return jnp.sum(kl * mask, axis=-1) / mask.shape[-1]
 
 
 def make_support(min_value: float, max_value: float, num_bins: int) -> Array:
   """`[N]` evenly spaced bin centres in h-transformed space."""
   return jnp.linspace(min_value, max_value, num_bins, dtype=jnp.float32)
+
+
+def check_uniform_support(support: Array) -> None:
+  """Raises `ValueError` unless `support` is evenly spaced and increasing.
+
+  `categorical_loss` projects onto bins from the support's end points alone,
+  so an uneven support would disagree with `categorical_to_scalar`. Only a
+  concrete support can be checked: a traced one (built inside `jit`) passes.
+  """
+  if isinstance(support, jax.core.Tracer):
+    return
+  values = np.asarray(support, np.float64)
+  if values.size < 2:
+    raise ValueError(f"support needs at least 2 bins, got {values.size}")
+  gaps = np.diff(values)
+  if not (np.all(gaps > 0) and
+          np.allclose(gaps, gaps[0], rtol=1e-4, atol=1e-6 * np.abs(values).max())):
+    raise ValueError("support must be evenly spaced and increasing (e.g. "
+                     "make_support), got gaps from "
+                     f"{gaps.min():.4g} to {gaps.max():.4g}")
 
 
 def categorical_loss(logits: Array, scalar_targets: Array, support: Array,
@@ -202,6 +300,7 @@ def categorical_loss(logits: Array, scalar_targets: Array, support: Array,
   num_bins = support.shape[0]
   if logits.shape[-1] != num_bins:
     raise ValueError(f"logits have {logits.shape[-1]} bins, support {num_bins}")
+  check_uniform_support(support)
   transformed = rlax.signed_hyperbolic(
       jax.lax.stop_gradient(scalar_targets), eps)
   target_probs = rlax.transform_to_2hot(transformed, support[0], support[-1],
@@ -239,25 +338,34 @@ def retrace_targets(
 ) -> Array:
   """Retrace value targets (Munos et al. 2016) as used by Muesli (Eq. 14).
 
-  `G_s = r_s + γ_s (v_{s+1} - c_{s+1} q_{s+1} + c_{s+1} G_{s+1})`, with
-  `c = lambda · min(1, pi(a)/mu(a))`, bootstrapped with `v` at the end. In
+  `G_s = r_{s+1} + γ_{s+1} (v_{s+1} - c_{s+1} q_{s+1} + c_{s+1} G_{s+1})`,
+  with `c = lambda · min(1, pi(a)/mu(a))` and `G_{T-1} = r_T + γ_T v_T`. In
   Muesli `q = r̂ + γ v̂(s')` comes from the model's one-step look-ahead and
   `v` from the value head, both with the prior params.
 
-  One time-major sequence of `T` transitions; vmap over the batch. Inputs
-  indexed `_t` describe times `1..T` (the state after each transition),
-  except `r_t` and `discount_t`, which belong to transitions `0..T-1`.
+  One time-major sequence of states `0..T`; vmap over a batch. Every input
+  is indexed by the time it belongs to, as in `rlax`: `r_t` and
+  `discount_t` are the reward and discount received on arriving at time t
+  (the transition t-1 -> t), the others are read at state t. Nothing is
+  needed at time 0, and at time T only `v`, `r` and `discount`:
+
+      time        0      1      2     ...    T-1      T
+      r, γ               r_1    r_2   ...    r_{T-1}  r_T     [T]
+      v                  v_1    v_2   ...    v_{T-1}  v_T     [T]
+      q, π, μ, a, mask   x_1    x_2   ...    x_{T-1}          [T-1]
+      returned    G_0    G_1    ...   G_{T-1}                 [T]
 
   Args:
-    q_t: `[T]` q of the action taken at times 1..T (the last is unused).
+    q_t: `[T-1]` q of the action taken at times 1..T-1.
     v_t: `[T]` values at times 1..T.
-    r_t: `[T]` rewards of transitions 0..T-1.
-    discount_t: `[T]` discounts of transitions 0..T-1 (0 at termination).
-    pi_t: `[T, A]` target-policy logits at times 1..T.
-    mu_t: `[T, A]` behaviour-policy logits at times 1..T.
-    a_t: `[T]` int actions taken at times 1..T.
+    r_t: `[T]` rewards received on arriving at times 1..T.
+    discount_t: `[T]` discounts received on arriving at times 1..T (0 where
+      the transition into t terminated the episode).
+    pi_t: `[T-1, A]` target-policy logits at times 1..T-1.
+    mu_t: `[T-1, A]` behaviour-policy logits at times 1..T-1.
+    a_t: `[T-1]` int actions taken at times 1..T-1.
     lambda_: the trace decay.
-    trace_mask_t: optional `[T]`, 0 where the transition out of time t is
+    trace_mask_t: optional `[T-1]`, 0 where the transition out of time t is
       not a real one (e.g. the reset step after an episode end), which cuts
       the trace there.
 
@@ -268,14 +376,20 @@ def retrace_targets(
                    [1, 1, 1, 1, 2, 2, 1])
   chex.assert_type([q_t, v_t, r_t, discount_t, pi_t, mu_t], float)
   chex.assert_type(a_t, int)
-  chex.assert_equal_shape([q_t, v_t, r_t, discount_t, a_t])
+  chex.assert_equal_shape([v_t, r_t, discount_t])
+  chex.assert_equal_shape([q_t, a_t, pi_t[:, 0], mu_t[:, 0]])
+  if q_t.shape[0] != v_t.shape[0] - 1:
+    raise ValueError(f"q_t, pi_t, mu_t and a_t cover times 1..T-1 ({q_t.shape[0]}"
+                     f" steps), v_t, r_t and discount_t times 1..T "
+                     f"({v_t.shape[0]}): the first must be one shorter")
   log_pi_a = jnp.take_along_axis(jax.nn.log_softmax(pi_t), a_t[:, None], -1)
   log_mu_a = jnp.take_along_axis(jax.nn.log_softmax(mu_t), a_t[:, None], -1)
   c_t = lambda_ * jnp.minimum(1.0, jnp.exp(log_pi_a - log_mu_a))[:, 0]
   if trace_mask_t is not None:
+    chex.assert_equal_shape([q_t, trace_mask_t])
     c_t = c_t * trace_mask_t
   returns = rlax.general_off_policy_returns_from_q_and_v(
-      q_t[:-1], v_t, r_t, discount_t, c_t[:-1])
+      q_t, v_t, r_t, discount_t, c_t)
   return jax.lax.stop_gradient(returns)
 
 

@@ -318,7 +318,7 @@ def import_optuna():
   try:
     import optuna
   except ImportError:
-    raise SweepError("optuna is not installed: pip install -e '.[sweep]'") from None
+    raise SweepError("optuna is not installed: pip install -e '.[train,sweep]'") from None
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
   return optuna

@@ -136,6 +136,7 @@ def test_string_override(in_repo_root):
     (["--config.num_processes=-1"], "num_processes"),
     (["--config.num_processes=2", "--config.process_id=2"], "process_id"),
     (["--config.actor_device=gpu"], "actor_device"),
+    (["--config.policy_gradient=ppo"], "policy_gradient"),
 ])
 def test_parse_args_errors(in_repo_root, argv, match):
   with pytest.raises(config_lib.ConfigError, match=match):

@@ -511,14 +511,14 @@ def test_categorical_to_scalar_round_trip(x):
 # retrace_targets / nstep_targets
 
 
-# T = 3. Times 1..3: v = [10, 20, 40], q = [4, 8, (unused) 999].
-# Transitions 0..2: r = [1, 2, 3], discount = [0.5, 0.5, 0.5].
-Q = [4.0, 8.0, 999.0]
+# T = 3. Times 1..3: v = [10, 20, 40], r = [1, 2, 3] and discount
+# [0.5, 0.5, 0.5] received on arriving there; times 1..2: q = [4, 8].
+Q = [4.0, 8.0]
 V = [10.0, 20.0, 40.0]
 R = [1.0, 2.0, 3.0]
 D = [0.5, 0.5, 0.5]
-A_T = [0, 1, 0]
-UNIFORM = np.zeros([3, 2], np.float32)
+A_T = [0, 1]
+UNIFORM = np.zeros([2, 2], np.float32)
 
 
 class RetraceTest(chex.TestCase):
@@ -547,10 +547,13 @@ class RetraceTest(chex.TestCase):
     np.testing.assert_allclose(self._retrace(0.0), [6.0, 12.0, 23.0],
                                rtol=1e-6)
 
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_last_q_is_unused(self):
-    np.testing.assert_allclose(self._retrace(1.0, q=[4.0, 8.0, -1e6]),
-                               [13.75, 19.5, 23.0], rtol=1e-6)
+  def test_q_at_time_t_is_refused(self):
+    # Nothing is read at time T but v: a q (or pi, mu, a) there is a
+    # time-indexing mistake, not an input to ignore.
+    with self.assertRaisesRegex(ValueError, "one shorter"):
+      losses.retrace_targets(f32([4.0, 8.0, 999.0]), f32(V), f32(R), f32(D),
+                             f32(np.zeros([3, 2])), f32(np.zeros([3, 2])),
+                             i32([0, 1, 0]), 1.0)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_off_policy_truncated_traces(self):
@@ -560,7 +563,7 @@ class RetraceTest(chex.TestCase):
     # G2 = 23
     # G1 = 2 + 0.5 (20 - 0.5 * 8 + 0.5 * 23) = 2 + 0.5 * 27.5 = 15.75
     # G0 = 1 + 0.5 (10 - 0.25 * 4 + 0.25 * 15.75) = 1 + 0.5 * 12.9375 = 7.46875
-    pi = np.array([[0.0, LOG3], [0.0, LOG3], [0.0, 0.0]], np.float32)
+    pi = np.array([[0.0, LOG3], [0.0, LOG3]], np.float32)
     np.testing.assert_allclose(self._retrace(0.5, pi=pi),
                                [7.46875, 15.75, 23.0], rtol=1e-5)
 
@@ -576,15 +579,15 @@ class RetraceTest(chex.TestCase):
     # trace_mask at time 2 is 0 -> c2 = 0:
     # G2 = 23; G1 = 2 + 0.5 * 20 = 12; G0 = 1 + 0.5 (10 - 4 + 12) = 10
     np.testing.assert_allclose(
-        self._retrace(1.0, trace_mask=[1.0, 0.0, 1.0]), [10.0, 12.0, 23.0],
+        self._retrace(1.0, trace_mask=[1.0, 0.0]), [10.0, 12.0, 23.0],
         rtol=1e-6)
     # trace_mask at time 1 is 0 -> c1 = 0: G1 = 19.5, G0 = 1 + 0.5 * 10 = 6
     np.testing.assert_allclose(
-        self._retrace(1.0, trace_mask=[0.0, 1.0, 1.0]), [6.0, 19.5, 23.0],
+        self._retrace(1.0, trace_mask=[0.0, 1.0]), [6.0, 19.5, 23.0],
         rtol=1e-6)
     # all ones changes nothing
     np.testing.assert_allclose(
-        self._retrace(1.0, trace_mask=[1.0, 1.0, 1.0]), [13.75, 19.5, 23.0],
+        self._retrace(1.0, trace_mask=[1.0, 1.0]), [13.75, 19.5, 23.0],
         rtol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
