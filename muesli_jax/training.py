@@ -649,6 +649,7 @@ def act(run: Run) -> None:
 
 
 def record_episodes(run: Run) -> None:
+  """Logs the episodes the actor finished and notes when the run is solved."""
   progress = run.progress
   for ret, length in run.actor.pop_episodes():
     run.recent.append(ret)
