@@ -211,10 +211,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.value_target not in ("retrace", "nstep", "mc"):
     raise ConfigError(f"value_target must be retrace, nstep or mc, got "
                       f"{config.value_target!r}")
-  if ("policy_gradient" in config and
-      config.policy_gradient not in ("truncated_is", "surrogate")):
-    raise ConfigError(f"policy_gradient must be truncated_is or surrogate, "
-                      f"got {config.policy_gradient!r}")
+  if "policy_gradient" in config:
+    from muesli_jax.losses import POLICY_GRADIENT_FORMS  # imports jax
+    if config.policy_gradient not in POLICY_GRADIENT_FORMS:
+      raise ConfigError(f"policy_gradient must be one of "
+                        f"{', '.join(POLICY_GRADIENT_FORMS)}, got "
+                        f"{config.policy_gradient!r}")
   if "torso" in config and config.torso not in ("mlp", "conv"):
     raise ConfigError(f"torso must be mlp or conv, got {config.torso!r}")
   if "dynamics_core" in config and config.dynamics_core not in ("mlp", "lstm"):

@@ -280,7 +280,7 @@ def policy_loss_term(config, policy_logits: Array, batch: Batch,
   pg, extras = losses.policy_loss(
       policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
       targets.pg_adv, targets.cmpo_logits[:, :T], config.kl_weight,
-      config.ratio_clip, config.get("policy_gradient", "truncated_is"))
+      config.ratio_clip, config.policy_gradient)
   if config.value_target == "mc":
     pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
   return pg, extras

@@ -420,14 +420,16 @@ class Run:
   def actor_params(self):
     """The acting params on the actor's device.
 
-    For acting on a thread they are a copy where they would share buffers
-    with the state: the update running meanwhile donates (frees) those.
+    For acting on a thread they must not share buffers with the state: the
+    update running meanwhile donates (frees) those. A replica taken out of
+    a replicated state, or params put on another device, are new buffers
+    already; only a single device's own state is copied.
     """
     params = self.acting_params()
     if self.actor_device is not None:
       params = jax.device_put(params, self.actor_device)
-    if self.actor_thread is not None and (
-        self.actor_device is None or self.actor_device in self.update.devices):
+    if (self.actor_thread is not None and not self.update.replicated and
+        (self.actor_device is None or self.actor_device in self.update.devices)):
       params = _copy_tree(params)
     return params
 
