@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior_mix_target = 0.967
   c.prior_mix_behaviour = 0.03
   c.prior_mix_uniform = 0.003
+  # Continuous (Box) actions: a Gaussian policy and sampled CMPO.
+  c.action_samples = 16  # actions drawn from the prior per state (paper: 16)
+  c.policy_init_std = 0.5  # the Gaussian's std at init (actions in [-1, 1])
+  c.policy_min_std = 0.01
   # Network.
   c.hidden_size = 128
   c.num_blocks = 2

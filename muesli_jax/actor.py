@@ -12,19 +12,20 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from muesli_jax.networks import MuesliNetworks
+from muesli_jax.networks import MuesliNetworks, sample_actions
 from muesli_jax.replay import SequenceReplay, stack_frames
 
 
 def make_policy_step(networks: MuesliNetworks):
-  """`(params, obs [E, ...], rng, step) -> (actions [E], logits [E, A])`."""
+  """`(params, obs [E, ...], rng, step) -> (actions [E], logits [E, A])`;
+  for continuous actions `(actions [E, D], Gaussian (mean, std) [E, 2D])`."""
 
   @jax.jit
   def policy_step(params, observation, rng, step):
     rng = jax.random.fold_in(rng, step)  # No host-side key splitting per step.
     hidden = networks.represent(params, observation)
     logits = networks.predict(params, hidden).policy_logits
-    return jax.random.categorical(rng, logits), logits
+    return sample_actions(rng, logits, networks.action_dim), logits
 
   return policy_step
 

@@ -247,6 +247,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                   config.process_id >= config.num_processes):
       raise ConfigError(f"process_id must be in [0, num_processes) (-1: from "
                         f"the environment), got {config.process_id}")
+  if "action_samples" in config and config.action_samples < 1:
+    raise ConfigError(f"action_samples must be at least 1, got "
+                      f"{config.action_samples}")
+  if "policy_min_std" in config and not (
+      0.0 < config.policy_min_std < config.policy_init_std):
+    raise ConfigError(f"need 0 < policy_min_std < policy_init_std, got "
+                      f"{config.policy_min_std} and {config.policy_init_std}")
   mix = (config.prior_mix_target + config.prior_mix_behaviour +
          config.prior_mix_uniform)
   if abs(mix - 1.0) > 1e-6:

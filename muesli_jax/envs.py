@@ -7,10 +7,14 @@
 - MinAtar (`MinAtar/...`), whose boolean channels become uint8 0/1;
 - MiniGrid/BabyAI, whose Dict observation is reduced to its `image`;
 - Atari (`ALE/...`) with the usual preprocessing (Machado et al. 2018).
+Actions are discrete (`Discrete(A)`) or a vector of `D` bounded reals
+(`Box`), which the agent sees rescaled to [-1, 1] and which are clipped
+there before the env gets them.
 Frame stacking is not done here: the actor and the replay stack frames, so
 the replay stores each frame once.
 """
 
+import importlib
 import multiprocessing
 import signal
 from typing import NamedTuple, Tuple
@@ -22,10 +26,17 @@ import numpy as np
 class EnvSpec(NamedTuple):
   observation_shape: Tuple[int, ...]  # one frame, before stacking
   observation_dtype: np.dtype
-  num_actions: int
+  num_actions: int  # A; 0 for continuous actions
   # The networks divide observations by this inside the jitted functions
   # (255 for camera frames; small integer codes for MinAtar and MiniGrid).
   observation_scale: float = 1.0
+  action_dim: int = 0  # D for continuous actions in [-1, 1]^D; 0: discrete
+
+  @property
+  def policy_size(self) -> int:
+    """Numbers per policy output (and per stored behaviour policy): `A`
+    logits, or a Gaussian's `D` means and `D` stds."""
+    return 2 * self.action_dim if self.action_dim else self.num_actions
 
 
 class UnknownEnvError(ValueError):
@@ -61,8 +72,19 @@ def _register_optional_envs(env_id: str) -> None:
 
 
 def check_env_id(env_id: str) -> None:
-  """Raises `UnknownEnvError` with a clear message for an unknown id."""
+  """Raises `UnknownEnvError` with a clear message for an unknown id.
+
+  `module:EnvName-v0` (gymnasium's convention) first imports `module`,
+  which registers the env: a user's own env needs no change here.
+  """
   _register_optional_envs(env_id)
+  if ":" in env_id:
+    module, env_id = env_id.split(":", 1)
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise UnknownEnvError(f"cannot import {module!r} for env {env_id!r}: "
+                            f"{e}") from None
   if env_id not in gym.registry:
     close = [k for k in gym.registry if env_id.split("-")[0].lower() in
              k.lower()][:5]
@@ -117,7 +139,56 @@ def renders_rgb(env_id: str) -> bool:
       "render_modes", ())
 
 
+def check_action_space(space: gym.Space, env_id: str) -> None:
+  """Raises `UnknownEnvError` unless `space` is Discrete or a bounded 1-D Box."""
+  if isinstance(space, gym.spaces.Discrete):
+    return
+  if isinstance(space, gym.spaces.Box):
+    if len(space.shape) != 1:
+      raise UnknownEnvError(f"{env_id} has a Box action space of shape "
+                            f"{space.shape}; continuous actions must be a "
+                            "vector")
+    if not (np.all(np.isfinite(space.low)) and
+            np.all(np.isfinite(space.high))):
+      raise UnknownEnvError(f"{env_id} has an action space with infinite "
+                            f"bounds ({space}); continuous actions need "
+                            "finite bounds (the policy acts in [-1, 1])")
+    return
+  raise UnknownEnvError(f"{env_id} has a {space} action space; this agent "
+                        "takes Discrete or bounded Box actions")
+
+
+class UnitBoxActions(gym.ActionWrapper):
+  """A bounded Box action space seen as [-1, 1]^D: actions are clipped
+  there (the policy's Gaussian samples may fall outside), then mapped
+  linearly onto the env's bounds."""
+
+  def __init__(self, env):
+    super().__init__(env)
+    space = env.action_space
+    self._low = space.low.astype(np.float64)
+    self._high = space.high.astype(np.float64)
+    self._dtype = space.dtype
+    self.action_space = gym.spaces.Box(-1.0, 1.0, space.shape, np.float32)
+
+  def action(self, action):
+    unit = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+    return (self._low + (unit + 1.0) * 0.5 * (self._high - self._low)).astype(
+        self._dtype)
+
+
+def _continuous_actions(env: gym.Env) -> gym.Env:
+  if not isinstance(env.action_space, gym.spaces.Box):
+    return env
+  check_action_space(env.action_space, env.spec.id if env.spec else "env")
+  return UnitBoxActions(env)
+
+
 def _make_one(config, render: bool = False) -> gym.Env:
+  return _continuous_actions(_make_env(config, render))
+
+
+def _make_env(config, render: bool = False) -> gym.Env:
   env_id = config.env_id
   kwargs = {}
   if config.max_episode_steps:
@@ -213,10 +284,7 @@ def make_vector_env(config, num_envs: int = None, seed: int = None,
     envs = gym.vector.SyncVectorEnv([lambda: _make_one(config, render)] *
                                     num_envs)
   try:
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-      raise UnknownEnvError(
-          f"{config.env_id} has a {envs.single_action_space} action space; "
-          "Muesli here needs discrete actions")
+    check_action_space(envs.single_action_space, config.env_id)
     env_spec(envs, config.env_id)
   except UnknownEnvError:
     envs.close()
@@ -228,8 +296,12 @@ def make_vector_env(config, num_envs: int = None, seed: int = None,
 def env_spec(envs: gym.vector.VectorEnv, env_id: str = "env") -> EnvSpec:
   space = envs.single_observation_space
   scale = observation_scale(space, env_id)
+  actions = envs.single_action_space
+  check_action_space(actions, env_id)
+  continuous = isinstance(actions, gym.spaces.Box)
   return EnvSpec(observation_shape=tuple(space.shape),
                  observation_dtype=np.dtype(space.dtype),
-                 num_actions=int(envs.single_action_space.n),
-                 observation_scale=scale)
+                 num_actions=0 if continuous else int(actions.n),
+                 observation_scale=scale,
+                 action_dim=int(actions.shape[0]) if continuous else 0)
 

@@ -20,10 +20,10 @@ from typing import List, NamedTuple, Optional
 
 import gymnasium as gym
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from muesli_jax import envs as envs_lib
+from muesli_jax import networks as nets
 from muesli_jax.actor import FrameStack
 from muesli_jax.networks import MuesliNetworks
 
@@ -143,9 +143,10 @@ class Evaluator:
       hidden = networks.represent(params, observation)
       logits = networks.predict(params, hidden).policy_logits
       if greedy:
-        return jnp.argmax(logits, axis=-1)
+        return nets.greedy_actions(logits, networks.action_dim)
       # Folding in the step number avoids host-side key splitting per step.
-      return jax.random.categorical(jax.random.fold_in(rng, step), logits)
+      return nets.sample_actions(jax.random.fold_in(rng, step), logits,
+                                 networks.action_dim)
 
     self._act = jax.jit(act)
 

@@ -15,6 +15,13 @@ sums `policy_loss_term`, `model_loss_term`, `value_loss_term` and
 
 Shapes: `B` sequences, `T` learning positions, `K` unroll steps,
 `W = T + K + 1` window steps, `A` actions, `N` support bins, `H` hidden size.
+
+Continuous actions (`networks.action_dim = D > 0`) follow the same steps
+with sampled CMPO (Muesli Sec. 4.2): at every state, `S =
+config.action_samples` actions are drawn from the prior policy and looked
+ahead with the model; their normalised advantages weight them
+(`losses.sampled_cmpo_weights`) in the KL of the policy loss and of the
+model loss; Retrace's expectation of q under the prior is their mean.
 """
 
 import functools
@@ -27,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from muesli_jax import losses
+from muesli_jax import networks as nets
 from muesli_jax.networks import MuesliNetworks
 
 AXIS = "devices"
@@ -43,11 +51,11 @@ class Batch(NamedTuple):
   of it. A window may cross episode ends: `discount` and `mask` mark them.
   """
   observation: Any  # [B, W, ...]
-  action: Any  # [B, W] int32
+  action: Any  # [B, W] int32, or [B, W, D] float32 (continuous)
   reward: Any  # [B, W] reward of the transition out of each step
   discount: Any  # [B, W] 0 where that transition terminated the episode
   mask: Any  # [B, W] 0 where that transition is not real (reset step)
-  behaviour_logits: Any  # [B, W, A]
+  behaviour_logits: Any  # [B, W, A], or [B, W, 2D] Gaussian (mean, std)
   mc_return: Any  # [B, W] discounted return to episode end ("mc" target)
   mc_valid: Any  # [B, W] 1 where mc_return is known
 
@@ -91,15 +99,20 @@ def init_state(networks: MuesliNetworks, config, rng) -> TrainState:
 class Targets(NamedTuple):
   """What the loss needs from the prior params; a constant for the gradient.
 
-  `T` learning positions, `W = T + K + 1` window steps, `A` actions.
+  `T` learning positions, `W = T + K + 1` window steps, `A` actions; for
+  continuous actions `S` samples from the prior of `D` dimensions each,
+  and `cmpo_logits` is None.
   """
   returns: Array  # [B, W-1] value targets for steps 0..T+K-1
   pg_adv: Array  # [B, T] normalised advantage of the action taken
-  cmpo_logits: Array  # [B, W, A] log pi_cmpo at every step of the window
+  cmpo_logits: Optional[Array]  # [B, W, A] log pi_cmpo at every step
   v_prior: Array  # [B, W] prior value
   sigma: Array  # [] advantage scale after this batch (Sec. 4.5)
   adv_mask: Array  # [B, T] 1 where the advantage entered the scale estimate
-  q_prior: Array  # [B, W, A] one-step look-ahead of every action (Eq. 14)
+  q_prior: Array  # [B, W, A] (or [B, W, S]) one-step look-ahead (Eq. 14)
+  sample_actions: Optional[Array] = None  # [B, W, S, D] drawn from the prior
+  sample_weights: Optional[Array] = None  # [B, W, S] sampled CMPO weights
+  sample_log_cmpo: Optional[Array] = None  # [B, W, S] log pi_cmpo of each
 
 
 def _psum(x, axis_name: Optional[str]):
@@ -149,15 +162,31 @@ def one_step_lookahead(networks: MuesliNetworks, params: hk.Params,
   A = networks.num_actions
   B, W = hidden.shape[:2]
   actions = jnp.broadcast_to(jnp.arange(A), (B, W, A))
-  # Every action from every state as one [B, W*A] batch of dynamics steps.
-  hidden_a = jnp.repeat(hidden[:, :, None], A, axis=2).reshape(
-      (B, W * A) + hidden.shape[2:])
+  return lookahead_q(networks, params, hidden, actions, discount, support)
+
+
+def lookahead_q(networks: MuesliNetworks, params: hk.Params, hidden: Array,
+                actions: Array, discount: float, support: Array) -> Array:
+  """`q(s, a) = r̂(s, a) + γ v̂(s')` for `M` given actions from each state.
+
+  Args:
+    hidden: `[B, W, H]` hidden states.
+    actions: `[B, W, M]` int, or `[B, W, M, D]` continuous actions.
+
+  Returns:
+    `q [B, W, M]`.
+  """
+  B, W, M = actions.shape[:3]
+  # Every action from every state as one [B, W*M] batch of dynamics steps.
+  hidden_a = jnp.repeat(hidden[:, :, None], M, axis=2).reshape(
+      (B, W * M) + hidden.shape[2:])
   next_hidden, reward_logits = _flat_apply(
-      networks.dynamics, params, hidden_a, actions.reshape(B, W * A))
+      networks.dynamics, params, hidden_a,
+      actions.reshape((B, W * M) + actions.shape[3:]))
   next_out = _flat_apply(networks.predict, params, next_hidden)
   q = (losses.categorical_to_scalar(reward_logits, support) +
        discount * losses.categorical_to_scalar(next_out.value_logits, support))
-  return q.reshape((B, W, A))
+  return q.reshape((B, W, M))
 
 
 def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
@@ -194,11 +223,47 @@ def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
             discount_t[:, :-1], prior_logits[:, 1:-1],
             batch.behaviour_logits[:, 1:-1], batch.action[:, 1:-1],
             batch.mask[:, 1:-1])
+  return _uncorrected_targets(config, batch, v_prior)
+
+
+def _uncorrected_targets(config, batch: Batch, v_prior: Array) -> Array:
+  """The "nstep" and "mc" targets, which need no policy."""
   if config.value_target == "nstep":
     return jax.vmap(losses.nstep_targets)(
-        v_prior[:, 1:], batch.reward[:, :-1], discount_t[:, :-1],
-        batch.mask[:, 1:])
+        v_prior[:, 1:], batch.reward[:, :-1],
+        config.discount * batch.discount[:, :-1], batch.mask[:, 1:])
   return batch.mc_return[:, :-1]
+
+
+def sampled_value_targets(config, batch: Batch, q_taken: Array,
+                          q_samples: Array, v_prior: Array, log_pi_a: Array,
+                          log_mu_a: Array) -> Array:
+  """`value_targets` for continuous actions: `E_prior[q]` is estimated by
+  the mean of q over actions sampled from the prior.
+
+  Args:
+    config, batch: as in `value_targets`.
+    q_taken: `[B, W]` prior look-ahead of the action taken.
+    q_samples: `[B, W, S]` prior look-ahead of the prior's samples.
+    v_prior: `[B, W]` prior values.
+    log_pi_a, log_mu_a: `[B, W]` prior and behaviour log-densities of the
+      action taken.
+
+  Returns:
+    `[B, W-1]` targets, without gradient.
+  """
+  if config.value_target != "retrace":
+    return _uncorrected_targets(config, batch, v_prior)
+  discount_t = config.discount * batch.discount
+  # As in `value_targets`: shift q so that its mean under the prior is v.
+  q_consistent = q_taken + v_prior - jnp.mean(q_samples, axis=-1)
+  return jax.vmap(lambda q, v, r, d, lp, lm, m:
+                  losses.retrace_targets_from_log_probs(
+                      q, v, r, d, lp, lm, config.retrace_lambda,
+                      trace_mask_t=m))(
+      q_consistent[:, 1:-1], v_prior[:, 1:], batch.reward[:, :-1],
+      discount_t[:, :-1], log_pi_a[:, 1:-1], log_mu_a[:, 1:-1],
+      batch.mask[:, 1:-1])
 
 
 def mixed_prior_log_probs(config, prior_logits: Array,
@@ -212,19 +277,25 @@ def mixed_prior_log_probs(config, prior_logits: Array,
 def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
                   batch: Batch, adv_norm: losses.AdvNormState,
                   axis_name: Optional[str] = None,
-                  support: Optional[Array] = None
+                  support: Optional[Array] = None,
+                  rng: Optional[Array] = None
                   ) -> Tuple[Targets, losses.AdvNormState]:
   """Everything computed with the prior params: returns, advantages, CMPO.
 
   Also advances the advantage normaliser (Muesli Sec. 4.5) with this batch's
   `E[(G - v_prior)^2]`, over all devices when `axis_name` is given.
   `support` defaults to the config's (see `make_update` for why it passes
-  its own).
+  its own). Continuous actions (`sampled_prior_targets`) need `rng`.
   """
   _check_value_target(config)
-  T = config.sequence_length
   if support is None:
     support = _support(networks, config)
+  if networks.action_dim:
+    if rng is None:
+      raise ValueError("continuous actions need an rng for the prior's "
+                       "samples")
+    return sampled_prior_targets(networks, config, target_params, batch,
+                                 adv_norm, rng, axis_name, support)
   hidden = _flat_apply(networks.represent, target_params, batch.observation)
   prior = _flat_apply(networks.predict, target_params, hidden)
   v_prior = losses.categorical_to_scalar(prior.value_logits, support)
@@ -232,15 +303,8 @@ def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
                                config.discount, support)
   returns = value_targets(config, batch, q_prior, v_prior,
                           prior.policy_logits)
-
-  # The scale is estimated over the learning positions only.
-  adv_mask = batch.mask[:, :T]
-  if config.value_target == "mc":
-    adv_mask = adv_mask * batch.mc_valid[:, :T]
-  pg_adv, adv_norm = losses.scale_advantages(
-      adv_norm, returns[:, :T] - v_prior[:, :T], config.adv_norm_decay,
-      mask=adv_mask, axis_name=axis_name)
-  sigma = losses.advantage_scale(adv_norm)
+  pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
+      config, batch, returns, v_prior, adv_norm, axis_name)
   all_adv = losses.all_action_advantages(q_prior, v_prior, sigma)
 
   cmpo_logits = losses.cmpo_policy_logits(
@@ -250,6 +314,64 @@ def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
   targets = Targets(returns=returns, pg_adv=pg_adv, cmpo_logits=cmpo_logits,
                     v_prior=v_prior, sigma=sigma, adv_mask=adv_mask,
                     q_prior=q_prior)
+  return targets, adv_norm
+
+
+def _taken_advantages(config, batch: Batch, returns: Array, v_prior: Array,
+                      adv_norm: losses.AdvNormState,
+                      axis_name: Optional[str]):
+  """`(pg_adv [B, T], adv_mask [B, T], adv_norm, sigma)`: the normalised
+  advantages `G - v_prior` of the taken actions, and the advanced scale."""
+  T = config.sequence_length
+  # The scale is estimated over the learning positions only.
+  adv_mask = batch.mask[:, :T]
+  if config.value_target == "mc":
+    adv_mask = adv_mask * batch.mc_valid[:, :T]
+  pg_adv, adv_norm = losses.scale_advantages(
+      adv_norm, returns[:, :T] - v_prior[:, :T], config.adv_norm_decay,
+      mask=adv_mask, axis_name=axis_name)
+  return pg_adv, adv_mask, adv_norm, losses.advantage_scale(adv_norm)
+
+
+def sampled_prior_targets(networks: MuesliNetworks, config,
+                          target_params: hk.Params, batch: Batch,
+                          adv_norm: losses.AdvNormState, rng: Array,
+                          axis_name: Optional[str], support: Array
+                          ) -> Tuple[Targets, losses.AdvNormState]:
+  """`prior_targets` for continuous actions (sampled CMPO, Muesli Sec. 4.2).
+
+  At every state of the window, `S = config.action_samples` actions are
+  drawn from the prior (target-network) policy and looked ahead with the
+  model, together with the action taken (`S + 1` dynamics steps a state).
+  The samples' normalised advantages give their CMPO weights
+  (`losses.sampled_cmpo_weights`) and log pi_cmpo
+  (`losses.sampled_cmpo_log_probs`); the prior mixture of App. F.2 applies
+  to discrete actions only.
+  """
+  S = config.action_samples
+  hidden = _flat_apply(networks.represent, target_params, batch.observation)
+  prior = _flat_apply(networks.predict, target_params, hidden)
+  v_prior = losses.categorical_to_scalar(prior.value_logits, support)
+  samples = nets.gaussian_sample(rng, prior.policy_logits, S)  # [B, W, S, D]
+  q_all = lookahead_q(networks, target_params, hidden,
+                      jnp.concatenate([samples, batch.action[:, :, None]], 2),
+                      config.discount, support)
+  q_samples, q_taken = q_all[..., :S], q_all[..., S]
+  log_pi_a = nets.gaussian_log_prob(prior.policy_logits, batch.action)
+  log_mu_a = nets.gaussian_log_prob(batch.behaviour_logits, batch.action)
+  returns = sampled_value_targets(config, batch, q_taken, q_samples, v_prior,
+                                  log_pi_a, log_mu_a)
+  pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
+      config, batch, returns, v_prior, adv_norm, axis_name)
+  sample_adv = losses.all_action_advantages(q_samples, v_prior, sigma)
+  log_prior = nets.gaussian_log_prob(prior.policy_logits[:, :, None], samples)
+  targets = Targets(
+      returns=returns, pg_adv=pg_adv, cmpo_logits=None, v_prior=v_prior,
+      sigma=sigma, adv_mask=adv_mask, q_prior=q_samples,
+      sample_actions=samples,
+      sample_weights=losses.sampled_cmpo_weights(sample_adv, config.cmpo_clip),
+      sample_log_cmpo=losses.sampled_cmpo_log_probs(log_prior, sample_adv,
+                                                    config.cmpo_clip))
   return targets, adv_norm
 
 
@@ -277,10 +399,22 @@ def policy_loss_term(config, policy_logits: Array, batch: Batch,
   (the KL to pi_cmpo stays).
   """
   T = policy_logits.shape[1]
-  pg, extras = losses.policy_loss(
-      policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
-      targets.pg_adv, targets.cmpo_logits[:, :T], config.kl_weight,
-      config.ratio_clip, config.policy_gradient)
+  if targets.cmpo_logits is None:  # Continuous actions: sampled CMPO.
+    action = batch.action[:, :T]
+    pg, extras = losses.sampled_policy_loss(
+        nets.gaussian_log_prob(policy_logits, action),
+        nets.gaussian_log_prob(batch.behaviour_logits[:, :T], action),
+        targets.pg_adv,
+        nets.gaussian_log_prob(policy_logits[:, :, None],
+                               targets.sample_actions[:, :T]),
+        targets.sample_weights[:, :T], targets.sample_log_cmpo[:, :T],
+        config.kl_weight, config.ratio_clip, config.policy_gradient)
+    extras["entropy"] = nets.gaussian_entropy(policy_logits)
+  else:
+    pg, extras = losses.policy_loss(
+        policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
+        targets.pg_adv, targets.cmpo_logits[:, :T], config.kl_weight,
+        config.ratio_clip, config.policy_gradient)
   if config.value_target == "mc":
     pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
   return pg, extras
@@ -301,6 +435,28 @@ def model_loss_term(model_logits: Array, cmpo_logits: Array,
   T, K = model_logits.shape[1:3]
   cmpo_k = _sliding(cmpo_logits[:, 1:], K, T)  # [B, T, K, A] at s_{t+k}
   return losses.model_policy_loss(model_logits, cmpo_k, valid[..., 1:])
+
+
+def sampled_model_loss_term(model_policy: Array, targets: Targets,
+                            valid: Array) -> Array:
+  """L_m for continuous actions: `model_loss_term` with the KL to pi_cmpo
+  at `s_{t+k}` estimated from the prior's samples there (`losses.sampled_kl`).
+
+  Args:
+    model_policy: `[B, T, K, 2D]` Gaussian policy after unrolling k = 1..K.
+    targets: with `sample_actions`, `sample_weights`, `sample_log_cmpo`.
+    valid: `[B, T, K+1]` from `unroll_masks`.
+
+  Returns:
+    `[B, T]`, the masked sum over k divided by K.
+  """
+  T, K = model_policy.shape[1:3]
+  at_k = lambda x: _sliding(x[:, 1:], K, T)  # [B, T, K, S, ...] at s_{t+k}
+  log_probs = nets.gaussian_log_prob(model_policy[..., None, :],
+                                     at_k(targets.sample_actions))
+  kl = losses.sampled_kl(log_probs, at_k(targets.sample_weights),
+                         at_k(targets.sample_log_cmpo))  # [B, T, K]
+  return jnp.sum(kl * valid[..., 1:], axis=-1) / K
 
 
 def value_loss_term(value_logits: Array, model_value_logits: Array,
@@ -379,8 +535,11 @@ def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
     return jnp.sum(x * position) / count
 
   pg, extras = policy_loss_term(config, out0.policy_logits, batch, targets)
-  model_policy = model_loss_term(outk.policy_logits, targets.cmpo_logits,
-                                 valid)
+  if targets.cmpo_logits is None:
+    model_policy = sampled_model_loss_term(outk.policy_logits, targets, valid)
+  else:
+    model_policy = model_loss_term(outk.policy_logits, targets.cmpo_logits,
+                                   valid)
   value = value_loss_term(
       out0.value_logits, outk.value_logits, targets.returns, valid, absorbing,
       support, batch.mc_valid if config.value_target == "mc" else None)
@@ -424,9 +583,16 @@ def make_update(networks: MuesliNetworks, config,
                      has_aux=True)
 
   def update(state: TrainState, batch: Batch) -> Tuple[TrainState, Dict]:
+    rng = None
+    if networks.action_dim:
+      # The prior's samples: a function of the step (and the device), so a
+      # resumed run draws the same ones.
+      rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+      if axis_name:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     targets, adv_norm = prior_targets(networks, config, state.target_params,
                                       batch, state.adv_norm, axis_name,
-                                      support)
+                                      support, rng)
     targets = jax.lax.stop_gradient(targets)
     grads, metrics = grad_fn(state.params, batch, targets)
     # Each device's loss is already over the global count.

@@ -215,20 +215,142 @@ def policy_loss(
   log_b = jax.nn.log_softmax(behaviour_logits)
   log_pi_a = jnp.take_along_axis(log_pi, actions[..., None], axis=-1)[..., 0]
   log_b_a = jnp.take_along_axis(log_b, actions[..., None], axis=-1)[..., 0]
-  advantages = jax.lax.stop_gradient(advantages)
-  if form == "truncated_is":
-    weight = jnp.clip(jax.lax.stop_gradient(jnp.exp(log_pi_a - log_b_a)), 0.0,
-                      ratio_clip)
-    pg_loss = -weight * advantages * log_pi_a
-  else:
-    weight = jnp.clip(jnp.exp(log_pi_a - jax.lax.stop_gradient(log_b_a)), 0.0,
-                      ratio_clip)
-    pg_loss = -weight * advantages
-    weight = jax.lax.stop_gradient(weight)
+  pg_loss, weight = _importance_weighted_pg(log_pi_a, log_b_a, advantages,
+                                            ratio_clip, form)
   kl = categorical_kl(jax.lax.stop_gradient(cmpo_logits), logits)
   entropy = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
   extras = dict(importance_weight=weight, kl=kl, entropy=entropy,
                 pg_loss=pg_loss)
+  return pg_loss + kl_weight * kl, extras
+
+
+def _importance_weighted_pg(log_pi_a: Array, log_b_a: Array,
+                            advantages: Array, ratio_clip: float,
+                            form: str) -> Tuple[Array, Array]:
+  """`L_pg` of `policy_loss` from log-probabilities of the taken actions:
+  `([...] loss, [...] clipped importance weight without gradient)`."""
+  advantages = jax.lax.stop_gradient(advantages)
+  log_b_a = jax.lax.stop_gradient(log_b_a)
+  if form == "truncated_is":
+    weight = jnp.clip(jax.lax.stop_gradient(jnp.exp(log_pi_a - log_b_a)), 0.0,
+                      ratio_clip)
+    return -weight * advantages * log_pi_a, weight
+  weight = jnp.clip(jnp.exp(log_pi_a - log_b_a), 0.0, ratio_clip)
+  return -weight * advantages, jax.lax.stop_gradient(weight)
+
+
+def sampled_cmpo_weights(advantages: Array, clip: float = 1.0,
+                         z_init: float = 1.0) -> Array:
+  """Weights of `N` actions sampled from the prior in the sampled CMPO
+  regulariser (Muesli Sec. 4.2, continuous actions); `[..., N] -> [..., N]`.
+
+  With `a_i ~ pi_prior(.|s)` and `w_i = exp(clip(adv(s, a_i), -c, c))`, the
+  paper estimates `KL(pi_cmpo || pi) ≈ const - (1/N) Σ_i (w_i / z_i) log pi(a_i|s)`
+  with the leave-one-out normaliser `z_i = (z_init + Σ_{j≠i} w_j) / N`. This
+  returns `omega_i = (1/N) w_i / z_i = w_i / (z_init + Σ_{j≠i} w_j)`, so that
+  the estimate is `-Σ_i omega_i log pi(a_i|s)`. Leaving `w_i` out of its own
+  normaliser keeps a sample from dividing by itself; `z_init` stands for the
+  prior's mass outside the samples. The omegas sum to about 1 and are each
+  below `e^c` (with `z_init = 1`).
+
+  Args:
+    advantages: `[..., N]` normalised advantages of the sampled actions.
+    clip: `c`.
+    z_init: the normaliser's initial value (1 in the paper).
+
+  Returns:
+    `[..., N]` weights, without gradient.
+  """
+  chex.assert_type(advantages, float)
+  w = jnp.exp(jnp.clip(jax.lax.stop_gradient(advantages), -clip, clip))
+  others = jnp.sum(w, axis=-1, keepdims=True) - w
+  return jax.lax.stop_gradient(w / (z_init + others))
+
+
+def sampled_cmpo_log_probs(prior_log_probs: Array, advantages: Array,
+                           clip: float = 1.0) -> Array:
+  """`log pi_cmpo(a_i|s)` of `N` actions sampled from the prior (Eq. 10):
+  `log pi_prior(a_i|s) + clip(adv_i, -c, c) - log Ẑ(s)`, with the normaliser
+  estimated from the same samples, `Ẑ(s) = (1/N) Σ_j exp(clip(adv_j, -c, c))`.
+
+  Only the value of the sampled KL needs it (`sampled_kl`); the gradient
+  does not. `[..., N]`, without gradient.
+  """
+  chex.assert_equal_shape([prior_log_probs, advantages])
+  clipped = jnp.clip(advantages, -clip, clip)
+  log_z = jax.nn.logsumexp(clipped, axis=-1, keepdims=True) - jnp.log(
+      advantages.shape[-1])
+  return jax.lax.stop_gradient(prior_log_probs + clipped - log_z)
+
+
+def sampled_kl(log_probs: Array, weights: Array,
+               target_log_probs: Optional[Array] = None) -> Array:
+  """The sampled estimate of `KL(pi_cmpo || pi)`; `[..., N] -> [...]`.
+
+  `Σ_i omega_i (log pi_cmpo(a_i) - log pi(a_i))` with `omega` from
+  `sampled_cmpo_weights`. Its gradient is that of the paper's estimate
+  `-Σ_i omega_i log pi(a_i)`; `target_log_probs` (`sampled_cmpo_log_probs`)
+  only make its value a KL (0 when `pi = pi_cmpo`). Without them the value
+  is the cross-entropy.
+
+  Args:
+    log_probs: `[..., N]` `log pi(a_i|s)` (differentiated).
+    weights: `[..., N]` `omega_i`.
+    target_log_probs: optional `[..., N]` `log pi_cmpo(a_i|s)`.
+  """
+  chex.assert_equal_shape([log_probs, weights])
+  chex.assert_type([log_probs, weights], float)
+  if target_log_probs is None:
+    target_log_probs = jnp.zeros_like(log_probs)
+  chex.assert_equal_shape([log_probs, target_log_probs])
+  return jnp.sum(jax.lax.stop_gradient(weights) * (
+      jax.lax.stop_gradient(target_log_probs) - log_probs), axis=-1)
+
+
+def sampled_policy_loss(
+    log_pi_a: Array,
+    log_b_a: Array,
+    advantages: Array,
+    sample_log_probs: Array,
+    sample_weights: Array,
+    sample_target_log_probs: Optional[Array] = None,
+    kl_weight: float = 1.0,
+    ratio_clip: float = 1.0,
+    form: str = "truncated_is",
+) -> Tuple[Array, dict]:
+  """L_pg+cmpo for any policy given as log-probabilities, with the KL to
+  `pi_cmpo` estimated from `N` actions sampled from the prior (Muesli
+  Sec. 4.2): the form for continuous actions.
+
+  `L = L_pg + kl_weight · sampled_kl(...)`, `L_pg` as in `policy_loss`.
+
+  Args:
+    log_pi_a: `[...]` online `log pi(a|s)` of the taken actions
+      (differentiated).
+    log_b_a: `[...]` behaviour `log b(a|s)` of the taken actions.
+    advantages: `[...]` normalised advantages of the taken actions.
+    sample_log_probs: `[..., N]` online `log pi(a_i|s)` of the prior's
+      samples (differentiated).
+    sample_weights: `[..., N]` from `sampled_cmpo_weights`.
+    sample_target_log_probs: optional `[..., N]` from
+      `sampled_cmpo_log_probs`, for the KL's value.
+    kl_weight, ratio_clip, form: as in `policy_loss`.
+
+  Returns:
+    `([...] loss, extras)` with the clipped importance weight, the sampled
+    KL and `L_pg`, each `[...]`.
+  """
+  if form not in POLICY_GRADIENT_FORMS:
+    raise ValueError(f"form must be one of {POLICY_GRADIENT_FORMS}, got "
+                     f"{form!r}")
+  chex.assert_equal_shape([log_pi_a, log_b_a, advantages])
+  chex.assert_equal_shape_prefix([log_pi_a, sample_log_probs], log_pi_a.ndim)
+  chex.assert_rank(sample_log_probs, log_pi_a.ndim + 1)
+  chex.assert_type([log_pi_a, log_b_a, advantages], float)
+  pg_loss, weight = _importance_weighted_pg(log_pi_a, log_b_a, advantages,
+                                            ratio_clip, form)
+  kl = sampled_kl(sample_log_probs, sample_weights, sample_target_log_probs)
+  extras = dict(importance_weight=weight, kl=kl, pg_loss=pg_loss)
   return pg_loss + kl_weight * kl, extras
 
 
@@ -384,7 +506,36 @@ def retrace_targets(
                      f"({v_t.shape[0]}): the first must be one shorter")
   log_pi_a = jnp.take_along_axis(jax.nn.log_softmax(pi_t), a_t[:, None], -1)
   log_mu_a = jnp.take_along_axis(jax.nn.log_softmax(mu_t), a_t[:, None], -1)
-  c_t = lambda_ * jnp.minimum(1.0, jnp.exp(log_pi_a - log_mu_a))[:, 0]
+  return retrace_targets_from_log_probs(q_t, v_t, r_t, discount_t,
+                                        log_pi_a[:, 0], log_mu_a[:, 0],
+                                        lambda_, trace_mask_t)
+
+
+def retrace_targets_from_log_probs(
+    q_t: Array,
+    v_t: Array,
+    r_t: Array,
+    discount_t: Array,
+    log_pi_a_t: Array,
+    log_mu_a_t: Array,
+    lambda_: float = 0.95,
+    trace_mask_t: Optional[Array] = None,
+) -> Array:
+  """`retrace_targets` for any policy, e.g. a Gaussian over continuous
+  actions: the taken actions enter only through their log-probabilities.
+
+  Same time indexing as `retrace_targets`; `log_pi_a_t` and `log_mu_a_t`
+  are `[T-1]`, `log pi(a_t|s_t)` and `log mu(a_t|s_t)` at times 1..T-1.
+  """
+  chex.assert_rank([q_t, v_t, r_t, discount_t, log_pi_a_t, log_mu_a_t], 1)
+  chex.assert_type([q_t, v_t, r_t, discount_t, log_pi_a_t, log_mu_a_t], float)
+  chex.assert_equal_shape([v_t, r_t, discount_t])
+  chex.assert_equal_shape([q_t, log_pi_a_t, log_mu_a_t])
+  if q_t.shape[0] != v_t.shape[0] - 1:
+    raise ValueError(f"q_t and the log-probs cover times 1..T-1 "
+                     f"({q_t.shape[0]} steps), v_t, r_t and discount_t times "
+                     f"1..T ({v_t.shape[0]}): the first must be one shorter")
+  c_t = lambda_ * jnp.minimum(1.0, jnp.exp(log_pi_a_t - log_mu_a_t))
   if trace_mask_t is not None:
     chex.assert_equal_shape([q_t, trace_mask_t])
     c_t = c_t * trace_mask_t

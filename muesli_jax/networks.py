@@ -3,10 +3,15 @@
 `represent(obs) -> hidden`, `predict(hidden) -> (policy_logits, value_logits)`,
 `dynamics(hidden, action) -> (next_hidden, reward_logits)` and
 `unroll(hidden, actions)` over K steps (Muesli Sec. 4 / MuZero App. B).
+Discrete actions (`A` of them) give a categorical policy; continuous ones
+(`action_dim = D > 0`, each in [-1, 1]) a diagonal Gaussian whose
+`policy_logits [..., 2D]` hold its mean and standard deviation (see
+`gaussian_log_prob`).
 Hidden states are min-max scaled to [-1, 1] per example; the gradient that
 enters the dynamics from each unroll step is scaled by 1/2.
 """
 
+import math
 from typing import Callable, NamedTuple, Sequence, Tuple
 
 import chex
@@ -27,6 +32,81 @@ def scale_hidden(hidden: Array) -> Array:
 def scale_gradient(x: Array, scale: float) -> Array:
   """Identity forward; multiplies the gradient by `scale` backward."""
   return x * scale + jax.lax.stop_gradient(x) * (1.0 - scale)
+
+
+def gaussian_params(policy: Array) -> Tuple[Array, Array]:
+  """`[..., 2D]` Gaussian policy output -> `(mean [..., D], std [..., D])`."""
+  return jnp.split(policy, 2, axis=-1)
+
+
+def gaussian_log_prob(policy: Array, actions: Array) -> Array:
+  """`log N(actions; mean, std)` summed over the `D` dimensions.
+
+  Args:
+    policy: `[..., 2D]` (mean, std) as the Gaussian policy head gives them.
+    actions: `[..., D]` (unclipped samples: the env clips them).
+
+  Returns:
+    `[...]` log-densities.
+  """
+  mean, std = gaussian_params(policy)
+  z = (actions - mean) / std
+  return jnp.sum(-0.5 * jnp.square(z) - jnp.log(std) -
+                 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def gaussian_entropy(policy: Array) -> Array:
+  """`[..., 2D] -> [...]` entropy of the diagonal Gaussian."""
+  _, std = gaussian_params(policy)
+  return jnp.sum(jnp.log(std) + 0.5 * jnp.log(2.0 * jnp.pi * jnp.e), axis=-1)
+
+
+def gaussian_sample(rng: Array, policy: Array, num: int = 0) -> Array:
+  """Samples from `[..., 2D]` Gaussians: `[..., D]`, or `[..., num, D]`."""
+  mean, std = gaussian_params(policy)
+  if num:
+    mean, std = mean[..., None, :], std[..., None, :]
+    shape = mean.shape[:-2] + (num,) + mean.shape[-1:]
+  else:
+    shape = mean.shape
+  return mean + std * jax.random.normal(rng, shape, mean.dtype)
+
+
+def sample_actions(rng: Array, policy: Array, action_dim: int) -> Array:
+  """One action per policy: `[..., A] -> [...]` int, or `[..., 2D] -> [..., D]`."""
+  if action_dim:
+    return gaussian_sample(rng, policy)
+  return jax.random.categorical(rng, policy)
+
+
+def greedy_actions(policy: Array, action_dim: int) -> Array:
+  """The most likely action: the argmax, or the Gaussian's mean."""
+  if action_dim:
+    return gaussian_params(policy)[0]
+  return jnp.argmax(policy, axis=-1)
+
+
+class GaussianPolicyHead(hk.Module):
+  """`[B, H] -> [B, 2D]`: mean `tanh(.)` in [-1, 1] and a softplus std.
+
+  The output layer starts at zero, so every state starts with mean 0 and
+  std `init_std`; `min_std` keeps log-densities finite.
+  """
+
+  def __init__(self, width: int, action_dim: int, init_std: float,
+               min_std: float, name=None):
+    super().__init__(name=name)
+    self._width, self._action_dim = width, action_dim
+    self._min_std = min_std
+    # softplus(offset) = init_std - min_std.
+    self._offset = math.log(math.expm1(init_std - min_std))
+
+  def __call__(self, x: Array) -> Array:
+    x = jax.nn.relu(hk.Linear(self._width)(x))
+    out = hk.Linear(2 * self._action_dim, w_init=jnp.zeros)(x)
+    mean, raw_std = jnp.split(out, 2, axis=-1)
+    std = jax.nn.softplus(raw_std + self._offset) + self._min_std
+    return jnp.concatenate([jnp.tanh(mean), std], axis=-1)
 
 
 class ResidualBlock(hk.Module):
@@ -94,7 +174,7 @@ class Head(hk.Module):
 
 
 class NetworkOutput(NamedTuple):
-  policy_logits: Array  # [..., A]
+  policy_logits: Array  # [..., A] logits, or [..., 2D] Gaussian (mean, std)
   value_logits: Array  # [..., N]
 
 
@@ -105,8 +185,14 @@ class MuesliNetworks(NamedTuple):
   predict: Callable[[hk.Params, Array], NetworkOutput]
   dynamics: Callable[[hk.Params, Array, Array], Tuple[Array, Array]]
   unroll: Callable[[hk.Params, Array, Array], Tuple[NetworkOutput, Array]]
-  num_actions: int
+  num_actions: int  # A; 0 for continuous actions
   num_bins: int
+  action_dim: int = 0  # D for continuous actions; 0 for discrete ones
+
+  @property
+  def policy_size(self) -> int:
+    """Width of `policy_logits`: `A`, or `2D` for a Gaussian."""
+    return 2 * self.action_dim if self.action_dim else self.num_actions
 
 
 def make_networks(
@@ -121,6 +207,9 @@ def make_networks(
     observation_scale: float = 1.0,
     conv_channels: Sequence[int] = (16, 32, 32),
     conv_blocks: int = 2,
+    action_dim: int = 0,
+    policy_init_std: float = 0.5,
+    policy_min_std: float = 0.01,
 ) -> MuesliNetworks:
   """Builds the representation, dynamics and prediction networks.
 
@@ -139,7 +228,19 @@ def make_networks(
       host-to-device copies keep the compact dtype.
     conv_channels: channels of the conv torso's sections.
     conv_blocks: residual blocks in each section of the conv torso.
+    action_dim: `D > 0` for continuous actions in [-1, 1]^D (then
+      `num_actions` is ignored): a Gaussian policy head, and the dynamics
+      take the action vector (clipped to [-1, 1] as the env clips it).
+    policy_init_std, policy_min_std: the Gaussian's std at init and its
+      floor.
   """
+  if action_dim < 0:
+    raise ValueError(f"action_dim must be >= 0, got {action_dim}")
+  if action_dim:
+    num_actions = 0
+    if not 0 < policy_min_std < policy_init_std:
+      raise ValueError("need 0 < policy_min_std < policy_init_std, got "
+                       f"{policy_min_std} and {policy_init_std}")
   if torso not in ("mlp", "conv"):
     raise ValueError(f"unknown torso {torso!r}: expected 'mlp' or 'conv'")
   if dynamics_core not in ("mlp", "lstm"):
@@ -163,11 +264,19 @@ def make_networks(
     return scale_hidden(hidden)
 
   def predict(hidden):
-    return NetworkOutput(head(num_actions, "policy_head")(hidden),
+    if action_dim:
+      policy = GaussianPolicyHead(head_size, action_dim, policy_init_std,
+                                  policy_min_std, name="policy_head")(hidden)
+    else:
+      policy = head(num_actions, "policy_head")(hidden)
+    return NetworkOutput(policy,
                          head(num_bins, "value_head")(hidden))
 
   def dynamics(hidden, action):
-    action = jax.nn.one_hot(action, num_actions)
+    if action_dim:
+      action = jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
+    else:
+      action = jax.nn.one_hot(action, num_actions)
     if dynamics_core == "mlp":
       next_hidden = MLPTorso(hidden_size, num_blocks, name="dynamics")(
           jnp.concatenate([hidden, action], axis=-1))
@@ -180,7 +289,8 @@ def make_networks(
     return scale_hidden(next_hidden), reward_logits
 
   def unroll(hidden, actions):
-    """`hidden [B, H]`, `actions [B, K]` -> predictions `[B, K, ...]`."""
+    """`hidden [B, H]`, `actions [B, K]` (or `[B, K, D]`) -> predictions
+    `[B, K, ...]`."""
     def step(h, action):
       h, reward_logits = dynamics(scale_gradient(h, 0.5), action)
       return h, (predict(h), reward_logits)
@@ -195,7 +305,11 @@ def make_networks(
   def init(obs):
     hidden = represent(obs)
     predict(hidden)
-    return unroll(hidden, jnp.zeros((obs.shape[0], 1), jnp.int32))
+    if action_dim:
+      actions = jnp.zeros((obs.shape[0], 1, action_dim), jnp.float32)
+    else:
+      actions = jnp.zeros((obs.shape[0], 1), jnp.int32)
+    return unroll(hidden, actions)
 
   transformed = hk.without_apply_rng(hk.multi_transform(
       lambda: (init, (represent, predict, dynamics, unroll))))
@@ -208,4 +322,4 @@ def make_networks(
   return MuesliNetworks(init=init_fn, represent=represent_fn,
                         predict=predict_fn, dynamics=dynamics_fn,
                         unroll=unroll_fn, num_actions=num_actions,
-                        num_bins=num_bins)
+                        num_bins=num_bins, action_dim=action_dim)

@@ -42,12 +42,16 @@ def stacked_shape(frame_shape: Sequence[int], stack: int):
 
 
 def replay_nbytes(capacity: int, num_envs: int, frame_shape, frame_dtype,
-                  num_actions: int) -> int:
-  """Bytes a `SequenceReplay` of these sizes holds (checked before it is)."""
+                  num_actions: int, action_dim: int = 0) -> int:
+  """Bytes a `SequenceReplay` of these sizes holds (checked before it is).
+
+  `num_actions` is the behaviour policy's width (`A`, or `2D` for a
+  Gaussian); `action_dim` is `D` for continuous actions.
+  """
   frame = int(np.prod(frame_shape)) * np.dtype(frame_dtype).itemsize
-  # action int32; reward, discount, mask, mc_return, mc_valid float32;
-  # episode start int64; behaviour logits float32 [A].
-  per_step = frame + 4 + 5 * 4 + 8 + 4 * num_actions
+  # action int32 (or float32 [D]); reward, discount, mask, mc_return,
+  # mc_valid float32; episode start int64; behaviour logits float32 [A].
+  per_step = frame + 4 * max(action_dim, 1) + 5 * 4 + 8 + 4 * num_actions
   return capacity * num_envs * per_step
 
 
@@ -60,8 +64,13 @@ class SequenceReplay:
   def __init__(self, capacity: int, num_envs: int, observation_shape,
                observation_dtype, num_actions: int, window: int,
                discount: float = 0.99, mc_returns: bool = False,
-               seed: int = 0, stack: int = 1):
-    """`observation_shape` is one frame's; samples stack `stack` of them."""
+               seed: int = 0, stack: int = 1, action_dim: int = 0):
+    """`observation_shape` is one frame's; samples stack `stack` of them.
+
+    `num_actions` is the width of the stored behaviour policy (`A` logits,
+    or `2D` for a Gaussian); `action_dim = D > 0` stores float32 actions
+    `[D]` instead of int32 ones.
+    """
     if capacity < window + stack:
       raise ValueError(f"replay capacity {capacity} is smaller than one "
                        f"window of {window} steps and its {stack - 1} "
@@ -74,7 +83,10 @@ class SequenceReplay:
     c, e = capacity, num_envs
     self.observation = np.zeros((c, e) + tuple(observation_shape),
                                 observation_dtype)
-    self.action = np.zeros((c, e), np.int32)
+    if action_dim:
+      self.action = np.zeros((c, e, action_dim), np.float32)
+    else:
+      self.action = np.zeros((c, e), np.int32)
     self.reward = np.zeros((c, e), np.float32)
     self.discount = np.zeros((c, e), np.float32)
     self.mask = np.zeros((c, e), np.float32)

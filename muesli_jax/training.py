@@ -87,7 +87,9 @@ def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
       config.hidden_size, config.num_blocks, config.head_size, config.torso,
       config.dynamics_core, observation_scale=scale,
       conv_channels=tuple(config.conv_channels),
-      conv_blocks=config.conv_blocks)
+      conv_blocks=config.conv_blocks, action_dim=spec.action_dim,
+      policy_init_std=config.policy_init_std,
+      policy_min_std=config.policy_min_std)
 
 
 def process_seed(config) -> int:
@@ -172,7 +174,8 @@ def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True,
   allocated."""
   nbytes = replay_lib.replay_nbytes(config.replay_capacity, config.num_envs,
                                     spec.observation_shape,
-                                    spec.observation_dtype, spec.num_actions)
+                                    spec.observation_dtype, spec.policy_size,
+                                    spec.action_dim)
   available = available_memory_bytes()
   if nbytes > 0.9 * available:
     raise ConfigError(
@@ -188,9 +191,9 @@ def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True,
   window = config.sequence_length + config.unroll_steps + 1
   return replay_lib.SequenceReplay(
       config.replay_capacity, config.num_envs, spec.observation_shape,
-      spec.observation_dtype, spec.num_actions, window, config.discount,
+      spec.observation_dtype, spec.policy_size, window, config.discount,
       config.value_target == "mc", config.seed if seed is None else seed,
-      stack=config.stack)
+      stack=config.stack, action_dim=spec.action_dim)
 
 
 def replicas_identical(state) -> bool:

@@ -112,15 +112,25 @@ def test_dict_without_image_is_refused():
 
 
 def run_train(tmp_path, *args):
+  # tests/ on the path: fake_action_envs registers envs with bad spaces.
+  env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"))
   return subprocess.run([sys.executable, TRAIN, *args,
                          f"--config.logdir={tmp_path / 'runs'}"],
                         cwd=tmp_path, capture_output=True, text=True,
-                        timeout=300)
+                        timeout=300, env=env)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config", "lunar.py", "--config.env_id=Pendulum-v1"],
-     "discrete actions"),
+    (["--config", "lunar.py",
+      "--config.env_id=fake_action_envs:InfiniteBoxActions-v0"],
+     "infinite bounds"),
+    (["--config", "lunar.py",
+      "--config.env_id=fake_action_envs:MultiDiscreteActions-v0"],
+     "MultiDiscrete"),
+    (["--config", "lunar.py", "--config.env_id=fake_action_envs:DictActions-v0"],
+     "takes Discrete or bounded Box actions"),
+    (["--config", "lunar.py", "--config.env_id=no_such_module:Env-v0"],
+     "cannot import 'no_such_module'"),
     (["--config", "atari.py", "--config.replay_capacity=10000000"],
      "GiB of memory is available"),
 ])
@@ -132,3 +142,19 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, args,
   assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
   assert message in lines[0]
   assert not (tmp_path / "runs").exists()
+
+
+def test_continuous_actions_are_seen_in_unit_box_and_clipped():
+  vec, spec = make("pendulum.py")
+  assert spec.action_dim == 1 and spec.num_actions == 0
+  assert spec.policy_size == 2
+  assert vec.single_action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+  wrapper = vec.envs[0]
+  assert isinstance(wrapper, envs.UnitBoxActions)
+  # Pendulum's torque bounds are [-2, 2].
+  np.testing.assert_allclose(wrapper.action(np.array([-1.0])), [-2.0])
+  np.testing.assert_allclose(wrapper.action(np.array([0.25])), [0.5])
+  np.testing.assert_allclose(wrapper.action(np.array([3.0])), [2.0])
+  vec.reset(seed=0)
+  vec.step(np.array([[5.0], [-5.0]], np.float32))  # out of bounds: clipped
+  vec.close()

@@ -1,0 +1,34 @@
+"""Envs with action spaces the agent refuses, registered on import; a run
+names them as `fake_action_envs:<id>` (with `tests/` on PYTHONPATH)."""
+
+import gymnasium as gym
+import numpy as np
+
+
+class _FakeEnv(gym.Env):
+  observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+  action_space = gym.spaces.Discrete(2)
+
+  def reset(self, *, seed=None, options=None):
+    return np.zeros(3, np.float32), {}
+
+  def step(self, action):
+    return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+class InfiniteBoxActions(_FakeEnv):
+  action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+
+
+class MultiDiscreteActions(_FakeEnv):
+  action_space = gym.spaces.MultiDiscrete([3, 2])
+
+
+class DictActions(_FakeEnv):
+  action_space = gym.spaces.Dict({"move": gym.spaces.Discrete(2),
+                                  "force": gym.spaces.Box(-1, 1, (1,))})
+
+
+gym.register("InfiniteBoxActions-v0", entry_point=InfiniteBoxActions)
+gym.register("MultiDiscreteActions-v0", entry_point=MultiDiscreteActions)
+gym.register("DictActions-v0", entry_point=DictActions)
