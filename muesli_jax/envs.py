@@ -63,6 +63,14 @@ def _register_optional_envs(env_id: str) -> None:
       need("minatar", "minatar")
     if env_id not in gym.registry:  # gymnasium 1.x does not load it itself
       minatar.gym.register_envs()
+  spec = gym.registry.get(env_id)
+  if spec is not None and "mujoco" in str(spec.entry_point):
+    try:
+      import mujoco  # pylint: disable=unused-import
+    except ImportError:
+      raise UnknownEnvError(f"{env_id} needs the mujoco package: pip install "
+                            "'mujoco>=3.2,<4' (or the project's [mujoco] "
+                            "extra)") from None
   if env_id.startswith("MiniGrid") or env_id.startswith("BabyAI"):
     try:
       import minigrid

@@ -202,7 +202,11 @@ def test_prior_targets_shapes(value_target):
   shapes = {name: np.shape(value) for name, value in targets._asdict().items()}
   assert shapes == dict(returns=(B, W - 1), pg_adv=(B, T),
                         cmpo_logits=(B, W, A), v_prior=(B, W), sigma=(),
-                        adv_mask=(B, T), q_prior=(B, W, A))
+                        adv_mask=(B, T), q_prior=(B, W, A),
+                        # Sampled CMPO's fields: None for discrete actions.
+                        sample_actions=(), sample_weights=(),
+                        sample_log_cmpo=())
+  assert targets.sample_actions is None
   # pi_cmpo is a distribution at every step.
   np.testing.assert_allclose(
       jax.scipy.special.logsumexp(targets.cmpo_logits, -1), 0.0, atol=1e-5)
