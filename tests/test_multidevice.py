@@ -11,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from muesli_jax import learner, networks as nets, training
 from muesli_jax.config import load_config_file
@@ -24,10 +25,16 @@ def two_device_env():
               JAX_PLATFORMS="cpu", PYTHONPATH=path)
 
 
-def test_whole_run_on_two_devices_compiles_once(tmp_path):
+@pytest.mark.parametrize("args", [
+    ["--config", "cartpole.py", "--config.total_env_steps=1500"],
+    # Continuous actions: each device draws its own prior samples.
+    ["--config", "pendulum.py", "--config.total_env_steps=1500",
+     "--config.hidden_size=32", "--config.head_size=32",
+     "--config.action_samples=4", "--config.eval_interval=0"],
+])
+def test_whole_run_on_two_devices_compiles_once(tmp_path, args):
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-       "--config", "cartpole.py", "--config.total_env_steps=1500",
+      [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args,
        f"--config.logdir={tmp_path}"],
       env=two_device_env(), cwd=tmp_path, capture_output=True, text=True,
       timeout=600)
