@@ -571,7 +571,9 @@ def make_update(networks: MuesliNetworks, config,
   `config` needs `unroll_steps`, `sequence_length`, `discount`, the loss
   weights and prior mixing weights, `retrace_lambda`, `value_target`,
   `target_update_rate`, `adv_norm_decay`, `cmpo_clip`, `ratio_clip`,
-  `value_min`, `value_max`.
+  `policy_gradient`, `value_min`, `value_max`; for continuous actions also
+  `action_samples` and `seed` (the prior's samples are drawn from
+  `fold_in(PRNGKey(seed), step)`, and the device index under `pmap`).
   """
   _check_value_target(config)
   optimizer = make_optimizer(config)
