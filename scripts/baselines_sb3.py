@@ -84,7 +84,8 @@ Continuous control (--algo sac|ppo, --env Pendulum-v1 | LunarLanderContinuous-v3
     SAC (one env; SB3 defaults: lr 3e-4, buffer 1e6, learning_starts 100,
         batch 256, tau 0.005, gamma 0.99, train_freq 1, gradient_steps 1,
         ent_coef auto (init 1.0), target_entropy -dim(A), target update every
-        step, no gSDE, MlpPolicy net_arch [256, 256] ReLU, 2 critics, Adam):
+        step, no gSDE, MlpPolicy net_arch [256, 256] ReLU, 2 critics, Adam with
+        torch defaults):
       Pendulum-v1 (zoo n_timesteps 2e4): learning_rate 1e-3; rest SB3 defaults.
       LunarLanderContinuous-v3 (zoo 5e5): batch_size 256, learning_rate lin_7.3e-4,
         buffer_size 1e6, ent_coef auto, gamma 0.99, tau 0.01, train_freq 1,
@@ -94,7 +95,9 @@ Continuous control (--algo sac|ppo, --env Pendulum-v1 | LunarLanderContinuous-v3
     PPO (SB3 defaults: lr 3e-4, n_steps 2048, batch 64, n_epochs 10, gamma
         0.99, gae_lambda 0.95, clip 0.2, no value clipping, normalize_advantage,
         ent_coef 0, vf_coef 0.5, max_grad_norm 0.5, no target_kl, MlpPolicy
-        separate pi/vf [64, 64] Tanh, ortho init, log_std_init 0, Adam):
+        separate pi/vf [64, 64] Tanh, ortho init, log_std_init 0, Adam eps 1e-5;
+        PPO always finishes its last rollout, so it may run past --steps
+        by up to n_envs * n_steps - 1 env steps; summary.json records both):
       Pendulum-v1 (zoo 1e5): n_envs 4, n_steps 1024, gae_lambda 0.95, gamma 0.9,
         n_epochs 10, ent_coef 0.0, learning_rate 1e-3, clip_range 0.2,
         use_sde True, sde_sample_freq 4.
@@ -471,7 +474,7 @@ def build_continuous(args):
     replaced = dict(n_timesteps=args.steps)
     if args.learning_starts is not None:
         if args.algo != "sac":
-            raise SystemExit("--learning-starts only applies to off-policy algorithms (sac, dqn is fixed)")
+            raise SystemExit("--learning-starts only applies to --algo sac")
         replaced["learning_starts"] = args.learning_starts
         kwargs["learning_starts"] = args.learning_starts
     for name in ("learning_rate", "clip_range"):
