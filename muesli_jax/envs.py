@@ -16,6 +16,7 @@ the replay stores each frame once.
 
 import importlib
 import multiprocessing
+import os
 import signal
 from typing import NamedTuple, Tuple
 
@@ -65,6 +66,11 @@ def _register_optional_envs(env_id: str) -> None:
       minatar.gym.register_envs()
   spec = gym.registry.get(env_id)
   if spec is not None and "mujoco" in str(spec.entry_point):
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+      # Headless: MuJoCo's default (GLFW) aborts the process at the first
+      # render; EGL renders where a driver has it and otherwise raises an
+      # exception, which the evaluator catches. Read at mujoco's import.
+      os.environ.setdefault("MUJOCO_GL", "egl")
     try:
       import mujoco  # pylint: disable=unused-import
     except ImportError:

@@ -15,6 +15,7 @@ training loop can hold one and evaluate its target params periodically.
 
 import colorsys
 import os
+import sys
 import warnings
 from typing import List, NamedTuple, Optional
 
@@ -137,6 +138,7 @@ class Evaluator:
     self._max_frame_bytes = max_frame_bytes
     self._envs = None
     self._traces = 0
+    self._render_failed = False
 
     def act(params, observation, rng, step):
       self._traces += 1  # Runs only while tracing.
@@ -196,6 +198,23 @@ class Evaluator:
         return rgb_frame(self._envs.envs[0].render())
     return observation_image(observation, self._observation_scale)
 
+  def _safe_frame(self, observation: np.ndarray) -> Optional[np.ndarray]:
+    """`_frame`, or None (and no recording from then on) where the env's
+    renderer fails, e.g. MuJoCo without an OpenGL context: a video is not
+    worth a run."""
+    try:
+      return self._frame(observation)
+    except Exception as e:  # pylint: disable=broad-except
+      try:
+        first_line = (str(e).strip().splitlines() or [""])[0]
+      except Exception:  # pylint: disable=broad-except
+        first_line = ""  # Some GL errors cannot even print themselves.
+      print(f"warning: evaluation videos are off: {self._config.env_id} "
+            f"cannot render here ({type(e).__name__}: {first_line})",
+            file=sys.stderr, flush=True)
+      self._render_failed = True
+      return None
+
   def __call__(self, params, seed: int, record: bool = False) -> EvalResult:
     """Plays `episodes` fresh episodes with `params` (the target params, as
     the actor uses).
@@ -209,12 +228,16 @@ class Evaluator:
     obs, _ = envs.reset(seed=seed)
     stack = FrameStack(obs, self._config.stack)
     rng = jax.random.PRNGKey(seed)
-    frames, recording = None, record
-    if record:
-      frames = [self._frame(obs[0])]
-      cap = min(self._max_frames,
-                max(1, self._max_frame_bytes // frames[0].nbytes))
-      recording = len(frames) < cap
+    frames, recording = None, record and not self._render_failed
+    if recording:
+      first = self._safe_frame(obs[0])
+      if first is None:
+        recording = False
+      else:
+        frames = [first]
+        cap = min(self._max_frames,
+                  max(1, self._max_frame_bytes // frames[0].nbytes))
+        recording = len(frames) < cap
     returns, lengths = [], []
     episode_return = np.zeros(num_envs, np.float64)
     episode_length = np.zeros(num_envs, np.int64)
@@ -237,8 +260,12 @@ class Evaluator:
       done = (terminated | truncated) & ~after_end
       if recording:
         # Until its reset, env 0 still shows the end of its episode.
-        frames.append(self._frame(obs[0]))
-        recording = not done[0] and len(frames) < cap
+        frame = self._safe_frame(obs[0])
+        if frame is None:
+          frames, recording = None, False
+        else:
+          frames.append(frame)
+          recording = not done[0] and len(frames) < cap
       for env in np.flatnonzero(done):
         if counted[env]:
           returns.append(episode_return[env])

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import gymnasium as gym
 import imageio.v2 as iio
 import imageio.v3 as iio3
 import jax
@@ -218,3 +219,43 @@ def test_evaluate_script_errors(run_dir, tmp_path, problem):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
   assert not os.listdir(tmp_path)
+
+
+class RenderFails(gym.Env):
+  """Declares an rgb_array renderer that fails, as MuJoCo does without an
+  OpenGL context."""
+  metadata = {"render_modes": ["rgb_array"]}
+  observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+  action_space = gym.spaces.Discrete(2)
+
+  def __init__(self, render_mode=None):
+    self.render_mode = render_mode
+    self._t = 0
+
+  def reset(self, *, seed=None, options=None):
+    self._t = 0
+    return np.zeros(3, np.float32), {}
+
+  def step(self, action):
+    self._t += 1
+    return np.zeros(3, np.float32), 1.0, False, self._t >= 5, {}
+
+  def render(self):
+    raise RuntimeError("no OpenGL context")
+
+
+gym.register("TestRenderFails-v0", entry_point=RenderFails)
+
+
+def test_a_renderer_that_fails_turns_videos_off_not_the_run(capsys):
+  config = config_for("cartpole.py", env_id="TestRenderFails-v0", **TINY)
+  networks, params = networks_and_params(config)
+  with evaluation.Evaluator(config, networks, episodes=2, greedy=False,
+                            num_envs=2) as evaluator:
+    for _ in range(2):
+      result = evaluator(params, seed=0, record=True)
+      assert result.frames is None
+      np.testing.assert_array_equal(result.returns, [5.0, 5.0])
+  err = capsys.readouterr().err
+  assert err.count("warning: evaluation videos are off") == 1
+  assert "no OpenGL context" in err
