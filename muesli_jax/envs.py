@@ -91,7 +91,6 @@ def check_env_id(env_id: str) -> None:
   `module:EnvName-v0` (gymnasium's convention) first imports `module`,
   which registers the env: a user's own env needs no change here.
   """
-  _register_optional_envs(env_id)
   if ":" in env_id:
     module, env_id = env_id.split(":", 1)
     try:
@@ -99,6 +98,7 @@ def check_env_id(env_id: str) -> None:
     except ImportError as e:
       raise UnknownEnvError(f"cannot import {module!r} for env {env_id!r}: "
                             f"{e}") from None
+  _register_optional_envs(env_id)
   if env_id not in gym.registry:
     close = [k for k in gym.registry if env_id.split("-")[0].lower() in
              k.lower()][:5]
@@ -145,7 +145,8 @@ def _image_key(space: gym.spaces.Dict, env_id: str) -> str:
 
 def renders_rgb(env_id: str) -> bool:
   """Whether `env_id` declares an `rgb_array` renderer (the env's metadata)."""
-  creator = gym.spec(env_id).entry_point
+  # A `module:Id` has been imported by `check_env_id`; its spec is `Id`'s.
+  creator = gym.spec(env_id.split(":")[-1]).entry_point
   if isinstance(creator, str):
     creator = gym.envs.registration.load_env_creator(creator)
   metadata = getattr(creator, "metadata", None)

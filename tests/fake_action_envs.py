@@ -32,3 +32,18 @@ class DictActions(_FakeEnv):
 gym.register("InfiniteBoxActions-v0", entry_point=InfiniteBoxActions)
 gym.register("MultiDiscreteActions-v0", entry_point=MultiDiscreteActions)
 gym.register("DictActions-v0", entry_point=DictActions)
+
+
+class RenderingBoxActions(_FakeEnv):
+  """A valid env with bounded continuous actions and an rgb_array renderer."""
+  metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+  action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+
+  def __init__(self, render_mode=None):
+    self.render_mode = render_mode
+
+  def render(self):
+    return np.zeros((8, 8, 3), np.uint8)
+
+
+gym.register("RenderingBoxActions-v0", entry_point=RenderingBoxActions)

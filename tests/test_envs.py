@@ -158,3 +158,17 @@ def test_continuous_actions_are_seen_in_unit_box_and_clipped():
   vec.reset(seed=0)
   vec.step(np.array([[5.0], [-5.0]], np.float32))  # out of bounds: clipped
   vec.close()
+
+
+def test_a_module_env_id_builds_and_renders():
+  config = config_for("pendulum.py",
+                      env_id="fake_action_envs:RenderingBoxActions-v0")
+  sys.path.insert(0, os.path.join(ROOT, "tests"))  # where the module is
+  try:
+    vec = envs.make_vector_env(config, num_envs=1, render=True)
+    assert envs.env_spec(vec, config.env_id).action_dim == 1
+    vec.reset(seed=0)
+    assert vec.envs[0].render().shape == (8, 8, 3)
+    vec.close()
+  finally:
+    sys.path.remove(os.path.join(ROOT, "tests"))
