@@ -207,7 +207,6 @@ def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
   Returns:
     `[B, W-1]` targets, without gradient.
   """
-  discount_t = config.discount * batch.discount
   if config.value_target == "retrace":
     # Retrace assumes v = E_pi[q]; the model's q and the value head need
     # not agree, and a gap between them compounds along the trace. Shift q
@@ -215,15 +214,26 @@ def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
     pi_prior = jax.nn.softmax(prior_logits)
     q_consistent = q_prior + (
         v_prior - jnp.sum(pi_prior * q_prior, -1))[..., None]
-    q_taken = jnp.take_along_axis(q_consistent, batch.action[..., None],
-                                  -1)[..., 0]
-    return jax.vmap(lambda q, v, r, d, pi, mu, a, m: losses.retrace_targets(
-        q, v, r, d, pi, mu, a, config.retrace_lambda, trace_mask_t=m))(
-            q_taken[:, 1:-1], v_prior[:, 1:], batch.reward[:, :-1],
-            discount_t[:, :-1], prior_logits[:, 1:-1],
-            batch.behaviour_logits[:, 1:-1], batch.action[:, 1:-1],
-            batch.mask[:, 1:-1])
+    taken = lambda x: jnp.take_along_axis(x, batch.action[..., None],
+                                          -1)[..., 0]
+    return _retrace(config, batch, taken(q_consistent), v_prior,
+                    taken(jax.nn.log_softmax(prior_logits)),
+                    taken(jax.nn.log_softmax(batch.behaviour_logits)))
   return _uncorrected_targets(config, batch, v_prior)
+
+
+def _retrace(config, batch: Batch, q_taken: Array, v_prior: Array,
+             log_pi_a: Array, log_mu_a: Array) -> Array:
+  """Retrace targets `[B, W-1]` from `[B, W]` q, v and log-probabilities of
+  the actions taken (`losses.retrace_targets_from_log_probs`, vmapped)."""
+  discount_t = config.discount * batch.discount
+  return jax.vmap(lambda q, v, r, d, lp, lm, m:
+                  losses.retrace_targets_from_log_probs(
+                      q, v, r, d, lp, lm, config.retrace_lambda,
+                      trace_mask_t=m))(
+      q_taken[:, 1:-1], v_prior[:, 1:], batch.reward[:, :-1],
+      discount_t[:, :-1], log_pi_a[:, 1:-1], log_mu_a[:, 1:-1],
+      batch.mask[:, 1:-1])
 
 
 def _uncorrected_targets(config, batch: Batch, v_prior: Array) -> Array:
@@ -254,16 +264,9 @@ def sampled_value_targets(config, batch: Batch, q_taken: Array,
   """
   if config.value_target != "retrace":
     return _uncorrected_targets(config, batch, v_prior)
-  discount_t = config.discount * batch.discount
   # As in `value_targets`: shift q so that its mean under the prior is v.
   q_consistent = q_taken + v_prior - jnp.mean(q_samples, axis=-1)
-  return jax.vmap(lambda q, v, r, d, lp, lm, m:
-                  losses.retrace_targets_from_log_probs(
-                      q, v, r, d, lp, lm, config.retrace_lambda,
-                      trace_mask_t=m))(
-      q_consistent[:, 1:-1], v_prior[:, 1:], batch.reward[:, :-1],
-      discount_t[:, :-1], log_pi_a[:, 1:-1], log_mu_a[:, 1:-1],
-      batch.mask[:, 1:-1])
+  return _retrace(config, batch, q_consistent, v_prior, log_pi_a, log_mu_a)
 
 
 def mixed_prior_log_probs(config, prior_logits: Array,

@@ -86,27 +86,18 @@ def greedy_actions(policy: Array, action_dim: int) -> Array:
   return jnp.argmax(policy, axis=-1)
 
 
-class GaussianPolicyHead(hk.Module):
-  """`[B, H] -> [B, 2D]`: mean `tanh(.)` in [-1, 1] and a softplus std.
+def gaussian_policy(head_out: Array, init_std: float,
+                    min_std: float) -> Array:
+  """A policy head's `[..., 2D]` outputs -> Gaussian `(mean, std)`: mean
+  `tanh(.)` in [-1, 1], std `softplus(.) + min_std`.
 
-  The output layer starts at zero, so every state starts with mean 0 and
-  std `init_std`; `min_std` keeps log-densities finite.
+  Outputs of 0 (a zero-initialised output layer) give mean 0 and std
+  `init_std`; `min_std` keeps log-densities finite.
   """
-
-  def __init__(self, width: int, action_dim: int, init_std: float,
-               min_std: float, name=None):
-    super().__init__(name=name)
-    self._width, self._action_dim = width, action_dim
-    self._min_std = min_std
-    # softplus(offset) = init_std - min_std.
-    self._offset = math.log(math.expm1(init_std - min_std))
-
-  def __call__(self, x: Array) -> Array:
-    x = jax.nn.relu(hk.Linear(self._width)(x))
-    out = hk.Linear(2 * self._action_dim, w_init=jnp.zeros)(x)
-    mean, raw_std = jnp.split(out, 2, axis=-1)
-    std = jax.nn.softplus(raw_std + self._offset) + self._min_std
-    return jnp.concatenate([jnp.tanh(mean), std], axis=-1)
+  mean, raw_std = jnp.split(head_out, 2, axis=-1)
+  offset = math.log(math.expm1(init_std - min_std))  # softplus^-1
+  std = jax.nn.softplus(raw_std + offset) + min_std
+  return jnp.concatenate([jnp.tanh(mean), std], axis=-1)
 
 
 class ResidualBlock(hk.Module):
@@ -265,8 +256,8 @@ def make_networks(
 
   def predict(hidden):
     if action_dim:
-      policy = GaussianPolicyHead(head_size, action_dim, policy_init_std,
-                                  policy_min_std, name="policy_head")(hidden)
+      policy = gaussian_policy(head(2 * action_dim, "policy_head")(hidden),
+                               policy_init_std, policy_min_std)
     else:
       policy = head(num_actions, "policy_head")(hidden)
     return NetworkOutput(policy,

@@ -327,26 +327,21 @@ def test_a_resumed_continuous_run_is_bit_identical(tmp_path):
           "--config.checkpoint_interval=160", "--config.lr_decay=false"]
   args += [f"--config.{k}={v}" for k, v in TINY.items()]
 
-  def train(*extra):
+  def train(*cli):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
         "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
-                                                        "train.py"),
-                           *args, *extra], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                                                        "train.py"), *cli],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
-  train("--config.total_env_steps=320", f"--config.logdir={tmp_path / 'a'}")
-  train("--config.total_env_steps=160", f"--config.logdir={tmp_path / 'b'}")
+  train(*args, "--config.total_env_steps=320",
+        f"--config.logdir={tmp_path / 'a'}")
+  train(*args, "--config.total_env_steps=160",
+        f"--config.logdir={tmp_path / 'b'}")
   (run_b,) = (tmp_path / "b").iterdir()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"))
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
-                                                      "train.py"),
-                         "--resume", str(run_b),
-                         "--config.total_env_steps=320"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  train("--resume", str(run_b), "--config.total_env_steps=320")
   (run_a,) = (tmp_path / "a").iterdir()
   summaries = [json.loads((run / "summary.json").read_text())
                for run in (run_a, run_b)]
