@@ -338,8 +338,9 @@ class Logger:
     if resumed and os.path.exists(path):
       with open(path) as f:
         rows = f.readlines()
-      kept = rows[:1] + [r for r in rows[1:]
-                         if int(r.split(",", 1)[0]) <= env_steps]
+      # A kill may leave the last row half written: no newline at its end.
+      kept = rows[:1] + [r for r in rows[1:] if r.endswith("\n") and
+                         int(r.split(",", 1)[0]) <= env_steps]
       with open(path, "w") as f:
         f.writelines(kept)
       self._csv = open(path, "a")
@@ -560,6 +561,10 @@ def save(run: Run) -> None:
   progress.seconds = run.seconds()
   progress.recent_returns = list(run.recent)
   progress.last_checkpoint = run.env_steps
+  if run.logger is not None:
+    # On disk before the checkpoint: a resume keeps the rows up to its step
+    # and cannot rewrite ones a kill left in a buffer.
+    run.logger.flush()
   if run.checkpoints is None:
     return
   actor_counters, actor_arrays = run.actor.state_dict()

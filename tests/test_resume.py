@@ -22,7 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 RUN_ARGS = ["--config", "cartpole.py", "--config.total_env_steps=6000",
             "--config.checkpoint_interval=800", "--config.eval_interval=0",
-            "--config.log_interval=10", "--config.hidden_size=32",
+            # Logs never flushed by a log step: the rows up to a checkpoint
+            # must reach the disk with it.
+            "--config.log_interval=100000", "--config.hidden_size=32",
             "--config.head_size=32"]
 
 
@@ -112,6 +114,20 @@ def _save_steps(run_dir, steps):
     checkpoints.save(step, state, loop={"at": step},
                      arrays={"x": np.full(4, step)})
   checkpoints.close()
+
+
+def test_a_resume_drops_episode_rows_past_it_and_a_half_written_row(tmp_path):
+  with open(tmp_path / "episodes.csv", "w") as f:
+    f.write("env_steps,seconds,episode_return,length\n"
+            "100,1.0,10.00,10\n200,2.0,20.00,20\n300,3.0,30.00,30\n"
+            "250,3.1,4")  # what a kill in the middle of a write leaves
+  config = cartpole.get_config()
+  logger = training.Logger(str(tmp_path), config, env_steps=200, resumed=True,
+                           progress=False)
+  logger.episode(208, 2.5, 8.0, 8)
+  logger.close()
+  assert _returns(tmp_path) == [(100, "10.00", 10), (200, "20.00", 20),
+                                (208, "8.00", 8)]
 
 
 def test_a_checkpoint_cut_while_writing_is_never_loaded(tmp_path):
