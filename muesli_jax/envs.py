@@ -314,8 +314,13 @@ def env_spec(envs: gym.vector.VectorEnv, env_id: str = "env") -> EnvSpec:
   actions = envs.single_action_space
   check_action_space(actions, env_id)
   continuous = isinstance(actions, gym.spaces.Box)
+  dtype = np.dtype(space.dtype)
+  if dtype == np.float64:
+    # The networks see float32 (jax without x64) whatever is stored, so
+    # float64 observations (MuJoCo's) are stored in half the memory.
+    dtype = np.dtype(np.float32)
   return EnvSpec(observation_shape=tuple(space.shape),
-                 observation_dtype=np.dtype(space.dtype),
+                 observation_dtype=dtype,
                  num_actions=0 if continuous else int(actions.n),
                  observation_scale=scale,
                  action_dim=int(actions.shape[0]) if continuous else 0)

@@ -47,3 +47,17 @@ class RenderingBoxActions(_FakeEnv):
 
 
 gym.register("RenderingBoxActions-v0", entry_point=RenderingBoxActions)
+
+
+class Float64Observations(RenderingBoxActions):
+  """A valid env whose observations are float64, as MuJoCo's are."""
+  observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float64)
+
+  def reset(self, *, seed=None, options=None):
+    return np.full(3, 1 / 3), {}
+
+  def step(self, action):
+    return np.full(3, 1 / 3), 0.0, False, False, {}
+
+
+gym.register("Float64Observations-v0", entry_point=Float64Observations)

@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import gymnasium as gym
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from muesli_jax import envs
+from muesli_jax import replay as replay_lib
 from muesli_jax.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,3 +174,29 @@ def test_a_module_env_id_builds_and_renders():
     vec.close()
   finally:
     sys.path.remove(os.path.join(ROOT, "tests"))
+
+
+def test_float64_observations_are_stored_as_float32(tmp_path):
+  config = config_for("pendulum.py",
+                      env_id="fake_action_envs:Float64Observations-v0")
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  try:
+    vec = envs.make_vector_env(config, num_envs=2)
+    spec = envs.env_spec(vec, config.env_id)
+  finally:
+    sys.path.remove(os.path.join(ROOT, "tests"))
+  assert spec.observation_dtype == np.float32
+  replay = replay_lib.SequenceReplay(
+      capacity=8, num_envs=2, observation_shape=spec.observation_shape,
+      observation_dtype=spec.observation_dtype, num_actions=spec.policy_size,
+      window=4, discount=0.99, action_dim=spec.action_dim)
+  obs, _ = vec.reset(seed=0)
+  assert obs.dtype == np.float64
+  actions = np.zeros((2, 1), np.float32)
+  replay.add(obs, actions, np.zeros(2), np.ones(2), np.ones(2),
+             np.zeros((2, 2)))
+  assert replay.observation.dtype == np.float32
+  # The same float32 the networks would get from the float64 observation.
+  np.testing.assert_array_equal(replay.observation[0],
+                                np.asarray(jnp.asarray(obs)))
+  vec.close()
