@@ -671,6 +671,12 @@ def record_episodes(run: Run) -> None:
     progress.solved_at_seconds = run.seconds()
 
 
+def first_update_env_steps(config) -> int:
+  """This process's env steps when the replay first holds a batch."""
+  window = config.sequence_length + config.unroll_steps + 1
+  return (config.warmup_steps + window) * config.num_envs
+
+
 def sample(run: Run):
   """A replay batch, or None while the replay warms up."""
   config = run.config
@@ -894,6 +900,13 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
   progress = progress and jax.process_index() == 0
   run = setup(config, run_dir, resume, progress)
   run.logger = Logger(run.run_dir, config, run.env_steps, resume, progress)
+  first_update = first_update_env_steps(config)
+  if progress and config.total_env_steps < first_update:
+    print(f"warning: total_env_steps={config.total_env_steps} ends in the "
+          f"replay's warm-up: the first update comes at about {first_update} "
+          f"env steps ((warmup_steps + one window of sequence_length + "
+          f"unroll_steps + 1) x num_envs), so this run will not learn",
+          flush=True)
   interrupted = stopped_early = failed = False
   in_main_thread = threading.current_thread() is threading.main_thread()
   previous_sigint = None

@@ -1,5 +1,6 @@
 """Bad input to `scripts/train.py` and `muesli_jax.config.parse_args`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -157,3 +158,19 @@ def test_pixel_configs_load_and_take_tuple_overrides(in_repo_root, name):
 def test_every_config_file_loads_and_validates(in_repo_root, name):
   config = config_lib.parse_args(["--config", name])
   assert config.num_envs > 0 and config.batch_size > 0
+
+
+def test_a_run_too_short_to_update_says_so(tmp_path):
+  # CartPole: 8 envs, warm-up 64 + a window of 22 steps -> the first update
+  # at 688 env steps.
+  args = ["--config", "cartpole.py", "--config.eval_interval=0",
+          "--config.checkpoint_interval=0"]
+  for steps, updates in ((600, 0), (688, 1)):
+    proc = run_train(*args, f"--config.total_env_steps={steps}",
+                     f"--config.logdir={tmp_path / str(steps)}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = (f"warning: total_env_steps={steps} ends in the replay's "
+              "warm-up") in proc.stdout
+    assert warned == (updates == 0), proc.stdout[-2000:]
+    (summary,) = (tmp_path / str(steps)).glob("*/summary.json")
+    assert json.loads(summary.read_text())["updates"] == updates
