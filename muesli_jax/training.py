@@ -671,17 +671,18 @@ def record_episodes(run: Run) -> None:
     progress.solved_at_seconds = run.seconds()
 
 
-def first_update_env_steps(config) -> int:
-  """This process's env steps when the replay first holds a batch."""
-  window = config.sequence_length + config.unroll_steps + 1
-  return (config.warmup_steps + window) * config.num_envs
+def steps_before_first_batch(config) -> int:
+  """Vector steps the replay holds before `sample` draws: the warm-up and
+  one window."""
+  return (config.warmup_steps + config.sequence_length + config.unroll_steps
+          + 1)
 
 
 def sample(run: Run):
   """A replay batch, or None while the replay warms up."""
   config = run.config
-  window = config.sequence_length + config.unroll_steps + 1
-  if run.replay.total_steps - run.replay_lag < config.warmup_steps + window:
+  held = run.replay.total_steps - run.replay_lag
+  if held < steps_before_first_batch(config):
     return None
   return run.replay.sample(config.batch_size, config.steps_per_update,
                            config.replay_proportion)
@@ -900,7 +901,7 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
   progress = progress and jax.process_index() == 0
   run = setup(config, run_dir, resume, progress)
   run.logger = Logger(run.run_dir, config, run.env_steps, resume, progress)
-  first_update = first_update_env_steps(config)
+  first_update = steps_before_first_batch(config) * config.num_envs
   if progress and config.total_env_steps < first_update:
     print(f"warning: total_env_steps={config.total_env_steps} ends in the "
           f"replay's warm-up: the first update comes at about {first_update} "
