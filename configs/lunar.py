@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.action_samples = 16  # actions drawn from the prior per state (paper: 16)
   c.policy_init_std = 0.5  # the Gaussian's std at init (actions in [-1, 1])
   c.policy_min_std = 0.01
+  c.policy_squash = False  # True: actions tanh(u), u Gaussian (as in SAC)
   # Network.
   c.hidden_size = 128
   c.num_blocks = 2

@@ -25,7 +25,8 @@ def make_policy_step(networks: MuesliNetworks):
     rng = jax.random.fold_in(rng, step)  # No host-side key splitting per step.
     hidden = networks.represent(params, observation)
     logits = networks.predict(params, hidden).policy_logits
-    return sample_actions(rng, logits, networks.action_dim), logits
+    return sample_actions(rng, logits, networks.action_dim,
+                          networks.squash), logits
 
   return policy_step
 

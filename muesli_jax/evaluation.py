@@ -145,10 +145,11 @@ class Evaluator:
       hidden = networks.represent(params, observation)
       logits = networks.predict(params, hidden).policy_logits
       if greedy:
-        return nets.greedy_actions(logits, networks.action_dim)
+        return nets.greedy_actions(logits, networks.action_dim,
+                                   networks.squash)
       # Folding in the step number avoids host-side key splitting per step.
       return nets.sample_actions(jax.random.fold_in(rng, step), logits,
-                                 networks.action_dim)
+                                 networks.action_dim, networks.squash)
 
     self._act = jax.jit(act)
 

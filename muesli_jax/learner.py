@@ -355,19 +355,23 @@ def sampled_prior_targets(networks: MuesliNetworks, config,
   hidden = _flat_apply(networks.represent, target_params, batch.observation)
   prior = _flat_apply(networks.predict, target_params, hidden)
   v_prior = losses.categorical_to_scalar(prior.value_logits, support)
-  samples = nets.gaussian_sample(rng, prior.policy_logits, S)  # [B, W, S, D]
+  squash = networks.squash
+  samples = nets.gaussian_sample(rng, prior.policy_logits, S,
+                                 squash)  # [B, W, S, D]
   q_all = lookahead_q(networks, target_params, hidden,
                       jnp.concatenate([samples, batch.action[:, :, None]], 2),
                       config.discount, support)
   q_samples, q_taken = q_all[..., :S], q_all[..., S]
-  log_pi_a = nets.gaussian_log_prob(prior.policy_logits, batch.action)
-  log_mu_a = nets.gaussian_log_prob(batch.behaviour_logits, batch.action)
+  log_pi_a = nets.gaussian_log_prob(prior.policy_logits, batch.action, squash)
+  log_mu_a = nets.gaussian_log_prob(batch.behaviour_logits, batch.action,
+                                    squash)
   returns = sampled_value_targets(config, batch, q_taken, q_samples, v_prior,
                                   log_pi_a, log_mu_a)
   pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
       config, batch, returns, v_prior, adv_norm, axis_name)
   sample_adv = losses.all_action_advantages(q_samples, v_prior, sigma)
-  log_prior = nets.gaussian_log_prob(prior.policy_logits[:, :, None], samples)
+  log_prior = nets.gaussian_log_prob(prior.policy_logits[:, :, None], samples,
+                                     squash)
   targets = Targets(
       returns=returns, pg_adv=pg_adv, cmpo_logits=None, v_prior=v_prior,
       sigma=sigma, adv_mask=adv_mask, q_prior=q_samples,
@@ -394,22 +398,23 @@ def unroll_masks(batch: Batch, K: int, T: int) -> Tuple[Array, Array]:
 
 
 def policy_loss_term(config, policy_logits: Array, batch: Batch,
-                     targets: Targets) -> Tuple[Array, Dict[str, Array]]:
+                     targets: Targets, squash: bool = False
+                     ) -> Tuple[Array, Dict[str, Array]]:
   """L_pg+cmpo at k = 0 (Muesli Sec. 4, Eq. 9): `([B, T] loss, extras)`.
 
   `policy_logits` are the online `[B, T, A]` logits at the real states; with
   the "mc" target, positions whose return is unknown get no policy gradient
-  (the KL to pi_cmpo stays).
+  (the KL to pi_cmpo stays). `squash`: a tanh-squashed Gaussian policy.
   """
   T = policy_logits.shape[1]
   if targets.cmpo_logits is None:  # Continuous actions: sampled CMPO.
     action = batch.action[:, :T]
     pg, extras = losses.sampled_policy_loss(
-        nets.gaussian_log_prob(policy_logits, action),
-        nets.gaussian_log_prob(batch.behaviour_logits[:, :T], action),
+        nets.gaussian_log_prob(policy_logits, action, squash),
+        nets.gaussian_log_prob(batch.behaviour_logits[:, :T], action, squash),
         targets.pg_adv,
         nets.gaussian_log_prob(policy_logits[:, :, None],
-                               targets.sample_actions[:, :T]),
+                               targets.sample_actions[:, :T], squash),
         targets.sample_weights[:, :T], targets.sample_log_cmpo[:, :T],
         config.kl_weight, config.ratio_clip, config.policy_gradient)
     extras["entropy"] = nets.gaussian_entropy(policy_logits)
@@ -441,7 +446,7 @@ def model_loss_term(model_logits: Array, cmpo_logits: Array,
 
 
 def sampled_model_loss_term(model_policy: Array, targets: Targets,
-                            valid: Array) -> Array:
+                            valid: Array, squash: bool = False) -> Array:
   """L_m for continuous actions: `model_loss_term` with the KL to pi_cmpo
   at `s_{t+k}` estimated from the prior's samples there (`losses.sampled_kl`).
 
@@ -449,6 +454,7 @@ def sampled_model_loss_term(model_policy: Array, targets: Targets,
     model_policy: `[B, T, K, 2D]` Gaussian policy after unrolling k = 1..K.
     targets: with `sample_actions`, `sample_weights`, `sample_log_cmpo`.
     valid: `[B, T, K+1]` from `unroll_masks`.
+    squash: a tanh-squashed Gaussian policy.
 
   Returns:
     `[B, T]`, the masked sum over k divided by K.
@@ -456,7 +462,7 @@ def sampled_model_loss_term(model_policy: Array, targets: Targets,
   T, K = model_policy.shape[1:3]
   at_k = lambda x: _sliding(x[:, 1:], K, T)  # [B, T, K, S, ...] at s_{t+k}
   log_probs = nets.gaussian_log_prob(model_policy[..., None, :],
-                                     at_k(targets.sample_actions))
+                                     at_k(targets.sample_actions), squash)
   kl = losses.sampled_kl(log_probs, at_k(targets.sample_weights),
                          at_k(targets.sample_log_cmpo))  # [B, T, K]
   return jnp.sum(kl * valid[..., 1:], axis=-1) / K
@@ -537,9 +543,11 @@ def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
   def mean(x):
     return jnp.sum(x * position) / count
 
-  pg, extras = policy_loss_term(config, out0.policy_logits, batch, targets)
+  pg, extras = policy_loss_term(config, out0.policy_logits, batch, targets,
+                                networks.squash)
   if targets.cmpo_logits is None:
-    model_policy = sampled_model_loss_term(outk.policy_logits, targets, valid)
+    model_policy = sampled_model_loss_term(outk.policy_logits, targets, valid,
+                                           networks.squash)
   else:
     model_policy = model_loss_term(outk.policy_logits, targets.cmpo_logits,
                                    valid)

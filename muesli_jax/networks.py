@@ -39,65 +39,104 @@ def gaussian_params(policy: Array) -> Tuple[Array, Array]:
   return jnp.split(policy, 2, axis=-1)
 
 
-def gaussian_log_prob(policy: Array, actions: Array) -> Array:
-  """`log N(actions; mean, std)` summed over the `D` dimensions.
+# A squashed Gaussian's actions stay this far inside (-1, 1), so that
+# atanh of a stored action is finite in float32.
+_SQUASH_EDGE = 1e-6
+# Its pre-tanh mean is kept in [-MEAN_BOUND, MEAN_BOUND] (softly): tanh(5) is
+# 0.9999, as close to a bound as an action needs to get.
+SQUASH_MEAN_BOUND = 5.0
+
+
+def gaussian_log_prob(policy: Array, actions: Array,
+                      squash: bool = False) -> Array:
+  """`log pi(actions)` of a diagonal Gaussian, summed over the `D` dimensions.
 
   Args:
     policy: `[..., 2D]` (mean, std) as the Gaussian policy head gives them.
-    actions: `[..., D]` (unclipped samples: the env clips them).
+    actions: `[..., D]`: unclipped samples (the env clips them), or with
+      `squash` actions in (-1, 1).
+    squash: the policy is `tanh(u)`, `u ~ N(mean, std)`: the density of
+      `a = tanh(u)` is `N(u; mean, std) / prod(1 - a^2)`.
 
   Returns:
     `[...]` log-densities.
   """
   mean, std = gaussian_params(policy)
-  z = (actions - mean) / std
+  if squash:
+    edge = 1.0 - _SQUASH_EDGE
+    u = jnp.arctanh(jnp.clip(actions, -edge, edge))
+    # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large u.
+    log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+  else:
+    u, log_det = actions, 0.0
+  z = (u - mean) / std
   return jnp.sum(-0.5 * jnp.square(z) - jnp.log(std) -
-                 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+                 0.5 * jnp.log(2.0 * jnp.pi) - log_det, axis=-1)
 
 
 def gaussian_entropy(policy: Array) -> Array:
-  """`[..., 2D] -> [...]` entropy of the diagonal Gaussian."""
+  """`[..., 2D] -> [...]` entropy of the diagonal Gaussian (for a squashed
+  policy, of its pre-tanh Gaussian: the squashed one has no closed form)."""
   _, std = gaussian_params(policy)
   return jnp.sum(jnp.log(std) + 0.5 * jnp.log(2.0 * jnp.pi * jnp.e), axis=-1)
 
 
-def gaussian_sample(rng: Array, policy: Array, num: int = 0) -> Array:
-  """Samples from `[..., 2D]` Gaussians: `[..., D]`, or `[..., num, D]`."""
+def gaussian_sample(rng: Array, policy: Array, num: int = 0,
+                    squash: bool = False) -> Array:
+  """Samples from `[..., 2D]` Gaussians: `[..., D]`, or `[..., num, D]`;
+  with `squash`, their tanh (kept inside (-1, 1))."""
   mean, std = gaussian_params(policy)
   if num:
     mean, std = mean[..., None, :], std[..., None, :]
     shape = mean.shape[:-2] + (num,) + mean.shape[-1:]
   else:
     shape = mean.shape
-  return mean + std * jax.random.normal(rng, shape, mean.dtype)
+  sample = mean + std * jax.random.normal(rng, shape, mean.dtype)
+  return _squash(sample) if squash else sample
 
 
-def sample_actions(rng: Array, policy: Array, action_dim: int) -> Array:
+def _squash(u: Array) -> Array:
+  edge = 1.0 - _SQUASH_EDGE
+  return jnp.clip(jnp.tanh(u), -edge, edge)
+
+
+def sample_actions(rng: Array, policy: Array, action_dim: int,
+                   squash: bool = False) -> Array:
   """One action per policy: `[..., A] -> [...]` int, or `[..., 2D] -> [..., D]`."""
   if action_dim:
-    return gaussian_sample(rng, policy)
+    return gaussian_sample(rng, policy, squash=squash)
   return jax.random.categorical(rng, policy)
 
 
-def greedy_actions(policy: Array, action_dim: int) -> Array:
-  """The most likely action: the argmax, or the Gaussian's mean."""
+def greedy_actions(policy: Array, action_dim: int,
+                   squash: bool = False) -> Array:
+  """The most likely action: the argmax, or the Gaussian's mean (its tanh
+  with `squash`)."""
   if action_dim:
-    return gaussian_params(policy)[0]
+    mean = gaussian_params(policy)[0]
+    return _squash(mean) if squash else mean
   return jnp.argmax(policy, axis=-1)
 
 
-def gaussian_policy(head_out: Array, init_std: float,
-                    min_std: float) -> Array:
-  """A policy head's `[..., 2D]` outputs -> Gaussian `(mean, std)`: mean
-  `tanh(.)` in [-1, 1], std `softplus(.) + min_std`.
+def gaussian_policy(head_out: Array, init_std: float, min_std: float,
+                    squash: bool = False) -> Array:
+  """A policy head's `[..., 2D]` outputs -> Gaussian `(mean, std)`: std
+  `softplus(.) + min_std`; mean `tanh(.)` in [-1, 1], or with `squash` the
+  pre-tanh mean, softly bounded to +-`SQUASH_MEAN_BOUND`.
 
   Outputs of 0 (a zero-initialised output layer) give mean 0 and std
-  `init_std`; `min_std` keeps log-densities finite.
+  `init_std`; `min_std` keeps log-densities finite. A tanh-bounded mean
+  whose samples the env clips can saturate: its gradient vanishes at the
+  bounds. The squashed policy's pre-tanh mean keeps its gradient there.
   """
   mean, raw_std = jnp.split(head_out, 2, axis=-1)
   offset = math.log(math.expm1(init_std - min_std))  # softplus^-1
   std = jax.nn.softplus(raw_std + offset) + min_std
-  return jnp.concatenate([jnp.tanh(mean), std], axis=-1)
+  if squash:
+    mean = SQUASH_MEAN_BOUND * jnp.tanh(mean / SQUASH_MEAN_BOUND)
+  else:
+    mean = jnp.tanh(mean)
+  return jnp.concatenate([mean, std], axis=-1)
 
 
 class ResidualBlock(hk.Module):
@@ -179,6 +218,7 @@ class MuesliNetworks(NamedTuple):
   num_actions: int  # A; 0 for continuous actions
   num_bins: int
   action_dim: int = 0  # D for continuous actions; 0 for discrete ones
+  squash: bool = False  # continuous: a tanh-squashed Gaussian policy
 
   @property
   def policy_size(self) -> int:
@@ -201,6 +241,7 @@ def make_networks(
     action_dim: int = 0,
     policy_init_std: float = 0.5,
     policy_min_std: float = 0.01,
+    policy_squash: bool = False,
 ) -> MuesliNetworks:
   """Builds the representation, dynamics and prediction networks.
 
@@ -224,6 +265,8 @@ def make_networks(
       take the action vector (clipped to [-1, 1] as the env clips it).
     policy_init_std, policy_min_std: the Gaussian's std at init and its
       floor.
+    policy_squash: continuous actions are `tanh(u)`, `u` Gaussian (as in
+      SAC), rather than Gaussian samples that the env clips.
   """
   if action_dim < 0:
     raise ValueError(f"action_dim must be >= 0, got {action_dim}")
@@ -257,7 +300,8 @@ def make_networks(
   def predict(hidden):
     if action_dim:
       policy = gaussian_policy(head(2 * action_dim, "policy_head")(hidden),
-                               policy_init_std, policy_min_std)
+                               policy_init_std, policy_min_std,
+                               policy_squash)
     else:
       policy = head(num_actions, "policy_head")(hidden)
     return NetworkOutput(policy,
@@ -313,4 +357,5 @@ def make_networks(
   return MuesliNetworks(init=init_fn, represent=represent_fn,
                         predict=predict_fn, dynamics=dynamics_fn,
                         unroll=unroll_fn, num_actions=num_actions,
-                        num_bins=num_bins, action_dim=action_dim)
+                        num_bins=num_bins, action_dim=action_dim,
+                        squash=bool(action_dim and policy_squash))

@@ -89,7 +89,8 @@ def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
       conv_channels=tuple(config.conv_channels),
       conv_blocks=config.conv_blocks, action_dim=spec.action_dim,
       policy_init_std=config.policy_init_std,
-      policy_min_std=config.policy_min_std)
+      policy_min_std=config.policy_min_std,
+      policy_squash=config.policy_squash)
 
 
 def process_seed(config) -> int:

@@ -135,6 +135,50 @@ def test_gaussian_log_prob_and_entropy_match_the_formulas():
   np.testing.assert_allclose(samples.std(0), std, rtol=0.03)
 
 
+def test_squashed_gaussian_is_the_density_of_tanh_of_a_gaussian():
+  mean, std = np.array([0.8, -2.0]), np.array([0.5, 1.2])
+  policy = jnp.asarray(np.concatenate([mean, std]), jnp.float32)
+  # The change of variables a = tanh(u), written out independently.
+  a = np.array([0.6, -0.97])
+  u = np.arctanh(a)
+  expected = np.sum(-0.5 * ((u - mean) / std) ** 2 - np.log(std) -
+                    0.5 * np.log(2 * np.pi) - np.log(1 - a ** 2))
+  np.testing.assert_allclose(nets.gaussian_log_prob(policy, a, squash=True),
+                             expected, rtol=1e-5)
+  # Each dimension's density integrates to 1 over (-1, 1).
+  grid = np.linspace(-1 + 1e-7, 1 - 1e-7, 400001)
+  for d in range(2):
+    one_dim = jnp.asarray([mean[d], std[d]], jnp.float32)
+    density = np.exp(np.asarray(nets.gaussian_log_prob(
+        one_dim, jnp.asarray(grid[:, None], jnp.float32), squash=True),
+                                np.float64))
+    np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, atol=2e-3)
+  samples = nets.gaussian_sample(jax.random.PRNGKey(0), policy, 20000,
+                                 squash=True)
+  assert samples.shape == (20000, 2)
+  assert np.all(np.abs(samples) < 1.0)
+  np.testing.assert_allclose(samples.mean(0), np.tanh(
+      mean + std * np.random.default_rng(0).normal(size=(200000, 2))).mean(0),
+                             atol=0.02)
+  # Stored actions at the edge keep a finite log-density.
+  edge = nets.gaussian_log_prob(policy, jnp.ones(2), squash=True)
+  assert np.isfinite(edge)
+  np.testing.assert_allclose(
+      nets.greedy_actions(policy, 2, squash=True), np.tanh(mean), rtol=1e-6)
+
+
+def test_squashed_head_keeps_its_pre_tanh_mean_bounded_and_differentiable():
+  out = nets.gaussian_policy(jnp.asarray([[0.0, 100.0, 0.0, 0.0]]), 0.5, 0.01,
+                             squash=True)
+  np.testing.assert_allclose(out[0, :2], [0.0, nets.SQUASH_MEAN_BOUND],
+                             rtol=1e-4)
+  np.testing.assert_allclose(out[0, 2:], 0.5, rtol=1e-5)
+  # A tanh-bounded mean at 3 has almost no gradient; the pre-tanh mean has.
+  grad = lambda squash: jax.grad(lambda x: nets.gaussian_policy(
+      jnp.stack([x, 0.0]), 0.5, 0.01, squash)[0])(3.0)
+  assert grad(False) < 0.01 < 0.5 < grad(True)
+
+
 def test_gaussian_head_starts_at_mean_zero_and_the_initial_std():
   networks = nets.make_networks((3,), 0, 21, 16, 1, 16, action_dim=2,
                                 policy_init_std=0.7, policy_min_std=0.05)
@@ -182,10 +226,10 @@ def continuous_batch(config, action_dim, obs_dim, seed=0):
       mc_valid=np.ones((b, w), np.float32))
 
 
-def make(config, action_dim=2, obs_dim=3):
+def make(config, action_dim=2, obs_dim=3, squash=False):
   return nets.make_networks((obs_dim,), 0, config.num_bins, config.hidden_size,
                             config.num_blocks, config.head_size,
-                            action_dim=action_dim)
+                            action_dim=action_dim, policy_squash=squash)
 
 
 def test_sampled_prior_targets_shapes_and_weights():
@@ -215,12 +259,14 @@ def test_sampled_prior_targets_shapes_and_weights():
                           state.adv_norm)
 
 
-@pytest.mark.parametrize("value_target", ["retrace", "nstep"])
+@pytest.mark.parametrize("value_target,squash", [("retrace", False),
+                                                ("nstep", False),
+                                                ("retrace", True)])
 def test_continuous_update_is_finite_moves_params_and_compiles_once(
-    value_target):
+    value_target, squash):
   config = small_config()
   config.value_target = value_target
-  networks = make(config)
+  networks = make(config, squash=squash)
   state = learner.init_state(networks, config, jax.random.PRNGKey(0))
   before = jax.tree.map(np.array, state.params)
   traces = []
@@ -243,7 +289,8 @@ def test_continuous_update_is_finite_moves_params_and_compiles_once(
     assert moved[module]["w"] > 0, module
 
 
-def test_the_policy_moves_toward_actions_with_higher_lookahead_value():
+@pytest.mark.parametrize("squash", [False, True])
+def test_the_policy_moves_toward_actions_with_higher_lookahead_value(squash):
   """With the model's q fixed to prefer positive actions, the update
   moves the policy's mean up: the sampled CMPO points the right way."""
   config = small_config()
@@ -255,7 +302,7 @@ def test_the_policy_moves_toward_actions_with_higher_lookahead_value():
   config.target_update_rate = 1.0
   # A symmetric support: the initial values are 0, not the support's middle.
   config.value_min, config.value_max = -10.0, 10.0
-  networks = make(config, action_dim=1)
+  networks = make(config, action_dim=1, squash=squash)
   real_lookahead = learner.lookahead_q
 
   def preferring_positive(networks, params, hidden, actions, discount,
