@@ -43,11 +43,15 @@ def states(study):
 def wait_for_second_trial(proc, tmp_path, log, timeout=300):
   """Waits until trial 0 has finished and trial 1 runs."""
   deadline = time.time() + timeout
+  # Trial folders appear only once the sweep has created its storage: opening
+  # the SQLite file before that would race the sweep's schema creation (both
+  # processes stamp the new database, and one fails).
+  first_trial = tmp_path / "runs" / "sweeps" / "cartpole" / "trial_0"
   while time.time() < deadline:
     assert proc.poll() is None, log.read_text()
     try:
-      found = states(load_study(tmp_path))
-    except Exception:  # the study does not exist yet
+      found = states(load_study(tmp_path)) if first_trial.exists() else []
+    except Exception:  # SQLite busy with the sweep's writes: try again
       found = []
     running = found.count(optuna.trial.TrialState.RUNNING)
     if sum(s in FINISHED for s in found) >= 1 and running:
@@ -66,7 +70,10 @@ def test_killed_sweep_resumes_its_study(tmp_path):
     try:
       wait_for_second_trial(proc, tmp_path, log)
     finally:  # the sweep and its worker, at once
-      os.killpg(proc.pid, signal.SIGKILL)
+      try:
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:  # all gone already: keep the real failure
+        pass
       proc.wait()
   assert optuna.trial.TrialState.RUNNING in states(load_study(tmp_path))
 
