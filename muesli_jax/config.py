@@ -217,8 +217,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"policy_gradient must be one of "
                         f"{', '.join(POLICY_GRADIENT_FORMS)}, got "
                         f"{config.policy_gradient!r}")
-  if "torso" in config and config.torso not in ("mlp", "conv"):
-    raise ConfigError(f"torso must be mlp or conv, got {config.torso!r}")
+  if "torso" in config and config.torso not in ("mlp", "conv", "dqn"):
+    raise ConfigError(f"torso must be mlp, conv or dqn, got "
+                      f"{config.torso!r}")
   if "dynamics_core" in config and config.dynamics_core not in ("mlp", "lstm"):
     raise ConfigError(f"dynamics_core must be mlp or lstm, got "
                       f"{config.dynamics_core!r}")

@@ -10,6 +10,7 @@ from muesli_jax import networks as nets
 
 @pytest.mark.parametrize("torso,core,obs_shape", [
     ("mlp", "mlp", (8,)), ("mlp", "lstm", (8,)), ("conv", "lstm", (16, 16, 6)),
+    ("dqn", "mlp", (16, 16, 6)), ("dqn", "lstm", (20, 30, 2)),
 ])
 def test_shapes_and_hidden_range(torso, core, obs_shape):
   n = nets.make_networks(obs_shape, num_actions=3, num_bins=11, hidden_size=16,
@@ -27,6 +28,27 @@ def test_shapes_and_hidden_range(torso, core, obs_shape):
   outk, rewards = n.unroll(params, hidden, jnp.zeros((5, 4), jnp.int32))
   assert outk.policy_logits.shape == (5, 4, 3)
   assert outk.value_logits.shape == (5, 4, 11) and rewards.shape == (5, 4, 11)
+
+
+def test_dqn_torso_strides_and_cost():
+  """8x8/4, 4x4/2, 3x3/1: 64x96 frames reach the linear layer as 8x12x32;
+  the ResNet torso of the same channels costs over 5x more per frame."""
+  shape = (64, 96, 4)
+  make = lambda torso: nets.make_networks(
+      shape, 4, 11, hidden_size=128, torso=torso, conv_channels=(16, 32, 32),
+      conv_blocks=1)
+  dqn, resnet = make("dqn"), make("conv")
+  params = dqn.init(jax.random.PRNGKey(0))
+  kernels = [v["w"].shape for k, v in sorted(params.items())
+             if k.startswith("representation/")]
+  assert kernels == [(8, 8, 4, 16), (4, 4, 16, 32), (3, 3, 32, 32),
+                     (8 * 12 * 32, 128)]
+  obs = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
+  def flops(n):
+    p = n.init(jax.random.PRNGKey(0))
+    lowered = jax.jit(lambda o: n.represent(p, o)).lower(obs)
+    return lowered.compile().cost_analysis()["flops"]
+  assert flops(resnet) > 5 * flops(dqn)
 
 
 def test_unroll_matches_repeated_dynamics():

@@ -63,6 +63,8 @@ def test_replay_stacks_match_what_the_actor_saw():
     ("minigrid.py", {}),
     ("atari.py", dict(frame_size=42, hidden_size=16)),
     ("lunar_pixels.py", dict(async_envs=False, frame_size=32, frame_width=48)),
+    ("lunar_pixels_cpu.py", dict(async_envs=False, frame_size=32,
+                                 frame_width=48, conv_channels=(4, 4))),
 ])
 def test_pixel_configs_train_and_evaluate(tmp_path, name, overrides):
   config = tiny_config(name, total_env_steps=160, logdir=str(tmp_path),
