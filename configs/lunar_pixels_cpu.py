@@ -1,10 +1,11 @@
 """LunarLander-v3 from pixels, sized for a laptop CPU.
 
 `lunar_pixels.py` with DQN's strided conv torso in place of the ResNet
-(17 against 133 GFLOP per update: 3.4 against 0.2 updates/s on a 2-core
-CPU) and one update every 2 vector steps, so that a run of 500k env steps
-takes about two hours there. The frames (64x96 grey, 4 stacked) are the
-same.
+(17 against 133 GFLOP per update: 3.6 against 0.34 updates/s, measured
+side by side on a 2-core CPU) and one update every 2 vector steps, so that
+a run of 500k env steps takes about 90 minutes there (95 env steps/s). The
+frames (64x96 grey, 4 stacked) are the same. It learns more slowly per env
+step than the ResNet: a mean100 of -28 at 500k (seed 0).
 """
 
 from configs import lunar_pixels
