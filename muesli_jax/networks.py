@@ -195,8 +195,9 @@ class StridedConvTorso(hk.Module):
   """The DQN torso (Mnih et al. 2015): `[B, H, W, C] -> [B, width]`.
 
   Convs of 8x8 stride 4, 4x4 stride 2, then 3x3 stride 1 (as many as
-  `channels` has entries), no pooling. About 15x fewer FLOPs than
-  `ConvTorso`'s default at 64x96: the torso a CPU can train.
+  `channels` has entries), no pooling. On a 64x96x4 frame, 6.7 MFLOP
+  against 58 for `ConvTorso` with one block per section: a torso that a
+  CPU can train.
   """
 
   _KERNELS_STRIDES = ((8, 4), (4, 2), (3, 1))
