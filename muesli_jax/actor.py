@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from muesli_jax.networks import MuesliNetworks, sample_actions
-from muesli_jax.replay import SequenceReplay, stack_frames
+from muesli_jax.replay import SequenceReplay
+from muesli_jax.types import FrameStack  # noqa: F401
 
 
 def make_policy_step(networks: MuesliNetworks):
@@ -29,31 +30,6 @@ def make_policy_step(networks: MuesliNetworks):
                           networks.squash), logits
 
   return policy_step
-
-
-class FrameStack:
-  """The last `stack` frames of each env, `[E, stack, ...]`, oldest first.
-
-  A new episode starts with its first frame repeated, as the replay rebuilds
-  stacks at sample time.
-  """
-
-  def __init__(self, first_frames: np.ndarray, stack: int):
-    self._frame_ndim = first_frames.ndim - 1
-    self.frames = np.repeat(first_frames[:, None], stack, axis=1)
-
-  def observation(self) -> np.ndarray:
-    """The stacked observation `[E, ...]` the networks take."""
-    return stack_frames(self.frames, self._frame_ndim)
-
-  def newest(self) -> np.ndarray:
-    return self.frames[:, -1]
-
-  def push(self, frames: np.ndarray, restart: np.ndarray) -> None:
-    """Appends each env's new frame; envs in `restart` begin a new stack."""
-    self.frames = np.concatenate([self.frames[:, 1:], frames[:, None]], axis=1)
-    if restart.any():
-      self.frames[restart] = frames[restart][:, None]
 
 
 def _pickles_its_state(env: gym.Env) -> bool:

@@ -65,10 +65,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muesli_jax import envs as envs_lib, learner, training
+from muesli_jax import envs as envs_lib, learner, training, types
 from muesli_jax.actor import make_policy_step
-from muesli_jax.config import ConfigError
-from muesli_jax.envs import UnknownEnvError
+from muesli_jax.errors import ConfigError, UnknownEnvError
 
 GYMNAX_PREFIX = "gymnax:"
 Array = jax.Array
@@ -293,7 +292,7 @@ class Carry(NamedTuple):
 
 
 def window_length(config) -> int:
-  return config.sequence_length + config.unroll_steps + 1
+  return types.window_length(config.sequence_length, config.unroll_steps)
 
 
 def warmup_length(config) -> int:

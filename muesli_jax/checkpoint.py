@@ -30,12 +30,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from muesli_jax.errors import CheckpointError  # noqa: F401  (raised here)
+
 CHECKPOINT_DIR = "checkpoints"
 LEGACY_DIR = "checkpoint"  # runs written before periodic checkpoints
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that is missing, unreadable or from another config."""
 
 
 def _path_name(path) -> str:

@@ -19,8 +19,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
 
-class ConfigError(ValueError):
-  pass
+from muesli_jax.errors import ConfigError  # noqa: F401  (raised here)
+from muesli_jax.types import window_length
 
 
 def resolve_config_path(path: str) -> str:
@@ -236,7 +236,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"cpu, got {config.actor_device!r}")
   if config.value_min >= config.value_max:
     raise ConfigError("value_min must be below value_max")
-  window = config.sequence_length + config.unroll_steps + 1
+  window = window_length(config.sequence_length, config.unroll_steps)
   if config.replay_capacity < window + config.warmup_steps:
     raise ConfigError(f"replay_capacity ({config.replay_capacity}) must hold "
                       f"warmup_steps + one window ({window}) steps")

@@ -18,30 +18,12 @@ import importlib
 import multiprocessing
 import os
 import signal
-from typing import NamedTuple, Tuple
 
 import gymnasium as gym
 import numpy as np
 
-
-class EnvSpec(NamedTuple):
-  observation_shape: Tuple[int, ...]  # one frame, before stacking
-  observation_dtype: np.dtype
-  num_actions: int  # A; 0 for continuous actions
-  # The networks divide observations by this inside the jitted functions
-  # (255 for camera frames; small integer codes for MinAtar and MiniGrid).
-  observation_scale: float = 1.0
-  action_dim: int = 0  # D for continuous actions in [-1, 1]^D; 0: discrete
-
-  @property
-  def policy_size(self) -> int:
-    """Numbers per policy output (and per stored behaviour policy): `A`
-    logits, or a Gaussian's `D` means and `D` stds."""
-    return 2 * self.action_dim if self.action_dim else self.num_actions
-
-
-class UnknownEnvError(ValueError):
-  """An env id, observation or action space this agent cannot use."""
+from muesli_jax.errors import UnknownEnvError  # noqa: F401  (raised here)
+from muesli_jax.types import EnvSpec
 
 
 def _register_optional_envs(env_id: str) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from muesli_jax import envs as envs_lib
 from muesli_jax import networks as nets
-from muesli_jax.actor import FrameStack
+from muesli_jax.types import FrameStack
 from muesli_jax.networks import MuesliNetworks
 
 # A recording stops at whichever comes first (the episode still runs to its

@@ -25,7 +25,7 @@ model loss; Retrace's expectation of q under the prior is their mean.
 """
 
 import functools
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import chex
 import haiku as hk
@@ -36,28 +36,10 @@ import optax
 from muesli_jax import losses
 from muesli_jax import networks as nets
 from muesli_jax.networks import MuesliNetworks
+from muesli_jax.types import Batch
 
 AXIS = "devices"
 Array = chex.Array
-
-
-class Batch(NamedTuple):
-  """`B` windows of `W = T + K + 1` consecutive steps from replay.
-
-  Steps 0..T-1 are the learning positions. From each, the model is unrolled
-  K steps along the actions taken, so step t+k (k <= K) must be present for
-  its targets; the last step, T+K, supplies the bootstrap value of the value
-  target for step T+K-1. Field `[t]` describes step t and the transition out
-  of it. A window may cross episode ends: `discount` and `mask` mark them.
-  """
-  observation: Any  # [B, W, ...]
-  action: Any  # [B, W] int32, or [B, W, D] float32 (continuous)
-  reward: Any  # [B, W] reward of the transition out of each step
-  discount: Any  # [B, W] 0 where that transition terminated the episode
-  mask: Any  # [B, W] 0 where that transition is not real (reset step)
-  behaviour_logits: Any  # [B, W, A], or [B, W, 2D] Gaussian (mean, std)
-  mc_return: Any  # [B, W] discounted return to episode end ("mc" target)
-  mc_valid: Any  # [B, W] 1 where mc_return is known
 
 
 class TrainState(NamedTuple):

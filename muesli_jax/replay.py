@@ -12,33 +12,11 @@ window is sampled (frames before an episode's first step repeat that first
 step, as the actor stacks them), so pixels are not stored `stack` times.
 """
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from muesli_jax.learner import Batch
-
-
-def stack_frames(frames: np.ndarray, frame_ndim: int) -> np.ndarray:
-  """`[..., S, *frame] -> ` one observation, oldest frame first.
-
-  Vector frames `[D]` are concatenated to `[S * D]`; images `[H, W, C]` along
-  their channels to `[H, W, S * C]`.
-  """
-  num_frames = frames.shape[-frame_ndim - 1]
-  if num_frames == 1:
-    return frames.reshape(frames.shape[:-frame_ndim - 1] +
-                          frames.shape[-frame_ndim:])
-  if frame_ndim == 1:
-    return frames.reshape(frames.shape[:-2] + (-1,))
-  frames = np.moveaxis(frames, -frame_ndim - 1, -2)  # [..., H, W, S, C]
-  return frames.reshape(frames.shape[:-2] + (-1,))
-
-
-def stacked_shape(frame_shape: Sequence[int], stack: int):
-  """The shape of one stacked observation (see `stack_frames`)."""
-  frame_shape = tuple(frame_shape)
-  return frame_shape[:-1] + (frame_shape[-1] * stack,)
+from muesli_jax.types import Batch, stack_frames, stacked_shape  # noqa: F401
 
 
 def replay_nbytes(capacity: int, num_envs: int, frame_shape, frame_dtype,

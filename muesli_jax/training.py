@@ -39,11 +39,10 @@ from muesli_jax import replay as replay_lib
 from muesli_jax.actor import Actor, restore_envs, snapshot_envs
 from muesli_jax.evaluation import Evaluator
 from muesli_jax.video import frame_strip
-from muesli_jax.config import ConfigError
+from muesli_jax.errors import ConfigError, NonFiniteLossError
+from muesli_jax.types import window_length
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
 
 
 @contextlib.contextmanager
@@ -189,7 +188,7 @@ def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True,
           f"{config.num_envs} envs, frames {spec.observation_shape} "
           f"{spec.observation_dtype}, stack {config.stack} at sampling)",
           flush=True)
-  window = config.sequence_length + config.unroll_steps + 1
+  window = window_length(config.sequence_length, config.unroll_steps)
   return replay_lib.SequenceReplay(
       config.replay_capacity, config.num_envs, spec.observation_shape,
       spec.observation_dtype, spec.policy_size, window, config.discount,
@@ -675,8 +674,8 @@ def record_episodes(run: Run) -> None:
 def steps_before_first_batch(config) -> int:
   """Vector steps the replay holds before `sample` draws: the warm-up and
   one window."""
-  return (config.warmup_steps + config.sequence_length + config.unroll_steps
-          + 1)
+  return config.warmup_steps + window_length(config.sequence_length,
+                                            config.unroll_steps)
 
 
 def sample(run: Run):

@@ -53,6 +53,7 @@ from muesli_jax import checkpoint, envs as envs_lib, learner, training  # noqa: 
 from muesli_jax.actor import Actor, make_policy_step  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args  # noqa: E402
 from muesli_jax.replay import SequenceReplay  # noqa: E402
+from muesli_jax.types import window_length  # noqa: E402
 
 
 def parse_options(argv):
@@ -281,7 +282,7 @@ def run_speed_figures(config, reps: int, seconds: float):
   spec = envs_lib.env_spec(actor_envs, config.env_id)
   networks = training.build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(seed))
-  window = config.sequence_length + config.unroll_steps + 1
+  window = window_length(config.sequence_length, config.unroll_steps)
   replay = training.make_replay(config, spec)
   actor = Actor(actor_envs, networks, replay, config.stack, seed)
   # Acting params before any update; a copy, as the update donates `state`.
