@@ -14,7 +14,7 @@ and the host only starts it and reads back what happened. Here it is
 `jit`ted on one device and `pmap`ped over several (`learner.AXIS`: each
 device has its own envs and replay, the batch is split, gradients are
 `psum`med inside the update). The networks and the update are the ones the
-gymnasium loop uses (`training.build_networks`, `learner.make_update`); the
+gymnasium loop uses (`builder.build_networks`, `learner.make_update`); the
 policy step is `actor.make_policy_step`'s.
 
 The replay is `[capacity, E, ...]` arrays per device holding exactly the
@@ -54,9 +54,7 @@ run's state, before the first scan. Runs are not checkpointed and play no
 evaluation episodes: the returns reported are the training episodes'.
 """
 
-import collections
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
@@ -65,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muesli_jax import envs as envs_lib, learner, training, types
+from muesli_jax import builder, learner, placement, run_record, types
 from muesli_jax.actor import make_policy_step
 from muesli_jax.errors import ConfigError, UnknownEnvError
 
@@ -115,10 +113,10 @@ def check_env_id(env_id: str) -> None:
   make_env(env_id)
 
 
-def env_spec(env, env_params) -> envs_lib.EnvSpec:
-  """The `EnvSpec` `training.build_networks` takes, from a gymnax env."""
+def env_spec(env, env_params) -> types.EnvSpec:
+  """The `EnvSpec` `builder.build_networks` takes, from a gymnax env."""
   space = env.observation_space(env_params)
-  return envs_lib.EnvSpec(
+  return types.EnvSpec(
       observation_shape=tuple(int(d) for d in space.shape),
       observation_dtype=np.dtype(space.dtype),
       num_actions=int(env.action_space(env_params).n),
@@ -327,17 +325,13 @@ class Anakin:
     self.envs_per_device = config.num_envs // num_devices
     self.batch_per_device = config.batch_size // num_devices
     self.iterations = iterations_per_call(config)
-    self.traces = 0
     spec = env_spec(env, env_params)
     window = window_length(config)
     axis = learner.AXIS if num_devices > 1 else None
-    update = learner.make_update(networks, config, axis)
+    self._update = placement.Traced(learner.make_update(networks, config,
+                                                        axis))
     reset, actor_step = make_actor(env, env_params, networks)
     envs, batch = self.envs_per_device, self.batch_per_device
-
-    def counted_update(state, batch_):
-      self.traces += 1  # Runs at trace time only.
-      return update(state, batch_)
 
     def act(params, actor, replay, rng, num_steps):
       def body(carry, key):
@@ -372,7 +366,7 @@ class Anakin:
       sample = replay_sample(replay, sample_key, batch, window,
                              config.steps_per_update,
                              config.replay_proportion)
-      train, metrics = counted_update(carry.train, sample)
+      train, metrics = self._update(carry.train, sample)
       return Carry(train=train, actor=actor, replay=replay,
                    rng=rng), (metrics, episodes)
 
@@ -388,6 +382,10 @@ class Anakin:
     # Init and warm-up in one call: one compilation less before learning.
     self._start = compile_(start)
     self.run = compile_(run, donate_argnums=0)
+
+  @property
+  def traces(self) -> int:
+    return self._update.traces
 
   @property
   def replicated(self) -> bool:
@@ -406,7 +404,7 @@ class Anakin:
 
   def first(self, tree):
     """One replica of a (possibly replicated) tree."""
-    return jax.tree.map(lambda x: x[0], tree) if self.replicated else tree
+    return placement.first_replica(tree, self.replicated)
 
   def episodes(self, episodes: Episodes) -> Episodes:
     """Host arrays `[steps, all envs]`, steps in order, from the device's
@@ -451,36 +449,16 @@ def check_config(config, num_devices: int) -> None:
 # ---------------------------------------------------------------- training
 
 
-class _Episodes:
-  """The host's record of finished episodes: counts, last 100, solving."""
-
-  def __init__(self, config, logger):
-    self.config, self.logger = config, logger
-    self.count = 0
-    self.recent = collections.deque(maxlen=100)
-    self.solved_at_steps: Optional[int] = None
-    self.solved_at_seconds: Optional[float] = None
-
-  def mean(self) -> Optional[float]:
-    return float(np.mean(self.recent)) if self.recent else None
-
-  def add(self, episodes: Episodes, env_steps_before: int, num_envs: int,
-          seconds: float) -> None:
-    """Records `[steps, envs]` episodes in the order they ended; step j of
-    the call ends at `env_steps_before + (j + 1) * num_envs` env steps."""
-    steps, envs = np.nonzero(episodes.done)  # row-major: in time order
-    for j, e in zip(steps, envs):
-      env_steps = env_steps_before + (int(j) + 1) * num_envs
-      ret = float(episodes.episode_return[j, e])
-      self.recent.append(ret)
-      self.count += 1
-      self.logger.episode(env_steps, seconds, ret,
-                          int(episodes.length[j, e]))
-      if (self.solved_at_steps is None and len(self.recent) == 100 and
-          np.mean(self.recent) >= self.config.solve_return):
-        self.solved_at_steps = env_steps
-        # Known only at the end of the call that solved it.
-        self.solved_at_seconds = seconds
+def record_episodes(record: run_record.EpisodeRecord, episodes: Episodes,
+                    env_steps_before: int, num_envs: int,
+                    seconds: float) -> None:
+  """Records `[steps, envs]` episodes in the order they ended; step j of
+  the call ends at `env_steps_before + (j + 1) * num_envs` env steps."""
+  steps, envs = np.nonzero(episodes.done)  # row-major: in time order
+  for j, e in zip(steps, envs):
+    record.add(env_steps_before + (int(j) + 1) * num_envs, seconds,
+               float(episodes.episode_return[j, e]),
+               int(episodes.length[j, e]))
 
 
 @dataclasses.dataclass
@@ -520,38 +498,24 @@ def train_anakin(config, run_dir: Optional[str] = None, progress: bool = True,
   check_config(config, len(devices))
   if run_dir is None:
     run_dir = (os.path.join(config.logdir, run_name) if run_name
-               else training.default_run_dir(config))
-  training._make_run_dir(run_dir)  # pylint: disable=protected-access
-  with open(os.path.join(run_dir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-  networks = training.build_networks(config, env_spec(env, env_params))
+               else run_record.default_run_dir(config))
+  run_record.make_run_dir(run_dir)
+  run_record.write_config(run_dir, config)
+  networks = builder.build_networks(config, env_spec(env, env_params))
   anakin = Anakin(config, env, env_params, networks, devices)
-  logger = training.Logger(run_dir, config, 0, False, progress)
-  record = _Episodes(config, logger)
+  logger = run_record.Logger(run_dir, config.total_env_steps,
+                             progress=progress)
+  record = run_record.EpisodeRecord(logger, config.solve_return)
   run = _Progress()
-  num_envs = config.num_envs
   carry = None
-
-  def seconds():
-    return time.time() - started
-
+  seconds = lambda: time.time() - started
   try:
     carry, episodes = anakin.start(config.seed)
-    record.add(anakin.episodes(episodes), 0, num_envs, seconds())
-    run.env_steps = warmup_length(config) * num_envs
+    record_episodes(record, anakin.episodes(episodes), 0, config.num_envs,
+                    seconds())
+    run.env_steps = warmup_length(config) * config.num_envs
     while run.env_steps < config.total_env_steps:
-      call_started = time.time()
-      carry, (metrics, episodes) = anakin.run(carry)
-      metrics = jax.device_get(anakin.first(metrics))  # [I] each
-      if run.first_call_seconds is None:
-        run.first_call_seconds = time.time() - call_started
-      _check_finite(metrics["loss"], run)
-      record.add(anakin.episodes(episodes), run.env_steps, num_envs,
-                 seconds())
-      run.env_steps += (anakin.iterations * config.steps_per_update *
-                        num_envs)
-      run.updates += anakin.iterations
-      _log(logger, config, metrics, run.env_steps, seconds(), record.mean())
+      carry = _call(anakin, carry, run, record, logger, seconds)
       if config.stop_when_solved and record.solved_at_steps is not None:
         break
       if on_call is not None and on_call(run.env_steps, record.mean()):
@@ -563,53 +527,47 @@ def train_anakin(config, run_dir: Optional[str] = None, progress: bool = True,
   finally:
     logger.close()
     summary = _summary(config, anakin, record, run, carry, seconds())
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    run_record.write_summary(run_dir, summary)
   return summary
 
 
-def _check_finite(losses, run: _Progress) -> None:
-  """Once per call, on the host: a non-finite loss stops the run."""
-  finite = np.isfinite(np.asarray(losses))
-  if not finite.all():
-    i = int(np.argmin(finite))
-    raise training.NonFiniteLossError(
-        f"loss became {losses[i]} at update {run.updates + i + 1} (in the "
-        f"call after env step {run.env_steps}); stopping")
+def _call(anakin: Anakin, carry: Carry, run: _Progress,
+          record: run_record.EpisodeRecord, logger: run_record.Logger,
+          seconds: Callable[[], float]) -> Carry:
+  """One call of `iterations_per_call` iterations, checked and logged."""
+  config = anakin.config
+  call_started = time.time()
+  carry, (metrics, episodes) = anakin.run(carry)
+  metrics = jax.device_get(anakin.first(metrics))  # [I] each
+  if run.first_call_seconds is None:
+    run.first_call_seconds = time.time() - call_started
+  run_record.check_finite(metrics["loss"], run.updates + 1,
+                          f"in the call after env step {run.env_steps}")
+  record_episodes(record, anakin.episodes(episodes), run.env_steps,
+                  config.num_envs, seconds())
+  run.env_steps += (anakin.iterations * config.steps_per_update *
+                    config.num_envs)
+  run.updates += anakin.iterations
+  logger.learner({k: np.mean(v) for k, v in metrics.items()}, run.env_steps,
+                 run.env_steps / max(seconds(), 1e-9), record.mean())
+  return carry
 
 
-def _log(logger, config, metrics, env_steps: int, seconds: float,
-         mean: Optional[float]) -> None:
-  """TensorBoard: each learner metric's mean over the call, and speed."""
-  logger.scalars("learner", {k: np.mean(v) for k, v in metrics.items()},
-                 env_steps)
-  sps = env_steps / max(seconds, 1e-9)
-  logger.writer.add_scalar("speed/env_steps_per_second", sps, env_steps)
-  logger.flush()
-  logger.advance(min(env_steps, config.total_env_steps), sps=f"{sps:.0f}",
-                 ret100="n/a" if mean is None else f"{mean:.1f}")
-
-
-def _summary(config, anakin: Anakin, record: _Episodes, run: _Progress,
-             carry: Optional[Carry], seconds: float) -> Dict[str, Any]:
+def _summary(config, anakin: Anakin, record: run_record.EpisodeRecord,
+             run: _Progress, carry: Optional[Carry],
+             seconds: float) -> Dict[str, Any]:
   """summary.json: the gymnasium loop's keys, plus Anakin's own."""
   identical = None  # unknown where the run broke off inside a call
   leaves = jax.tree.leaves(carry.train) if carry is not None else []
   if leaves and not any(x.is_deleted() for x in leaves):
-    identical = (training.replicas_identical(carry.train)
+    identical = (placement.replicas_identical(carry.train)
                  if anakin.replicated else True)
-  return dict(
-      env_id=config.env_id, seed=config.seed, mode="anakin",
-      solved_at_steps=record.solved_at_steps,
-      solved_at_seconds=record.solved_at_seconds,
-      updates=run.updates, episodes=record.count,
-      interrupted=run.interrupted, stopped_early=run.stopped_early,
-      env_steps=run.env_steps, seconds=seconds,
+  return run_record.summary(
+      config, record, updates=run.updates, env_steps=run.env_steps,
+      seconds=seconds, interrupted=run.interrupted,
+      stopped_early=run.stopped_early,
+      update_compilations=anakin.traces, devices=len(anakin.devices),
+      replicas_identical=identical, mode="anakin",
       first_call_seconds=run.first_call_seconds,
       env_steps_per_second=run.env_steps / max(seconds, 1e-9),
-      update_compilations=anakin.traces, devices=len(anakin.devices),
-      replicas_identical=identical,
-      mean_return_last_100=record.mean(),
-      returns_last_100=[float(r) for r in record.recent],
-      eval_return_mean=None, eval_return_std=None, evaluations=[],
       resumed_at=[], exact_resume=True, checkpoint=None)

@@ -121,7 +121,7 @@ class Evaluator:
     """Args:
       config: the run's config (env options, `stack`, `num_envs`).
       networks: built for this config's env, e.g. by
-        `training.build_networks(config, spec)`.
+        `builder.build_networks(config, spec)`.
       episodes: episodes per evaluation.
       greedy: act with the policy's argmax instead of sampling from it.
       num_envs: envs stepped in lockstep; default `config.num_envs`. At most

@@ -49,7 +49,9 @@ import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from muesli_jax import checkpoint, envs as envs_lib, learner, training  # noqa: E402
+from muesli_jax import builder, checkpoint, envs as envs_lib, learner  # noqa: E402
+from muesli_jax import placement, training  # noqa: E402
+from muesli_jax.errors import NonFiniteLossError  # noqa: E402
 from muesli_jax.actor import Actor, make_policy_step  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args  # noqa: E402
 from muesli_jax.replay import SequenceReplay  # noqa: E402
@@ -131,7 +133,7 @@ class LearnerBench:
   def __init__(self, config, networks, replay: SequenceReplay, state):
     # The update exactly as training runs it: jit on one device, pmap over
     # every local device, with its trace counter.
-    self._update = training.DeviceUpdate(networks, config)
+    self._update = placement.DeviceUpdate(networks, config)
     self._config = config
     self._networks = networks
     self._replay = replay
@@ -280,10 +282,10 @@ def run_speed_figures(config, reps: int, seconds: float):
   raw_envs = envs_lib.make_vector_env(config)
   actor_envs = envs_lib.make_vector_env(config)
   spec = envs_lib.env_spec(actor_envs, config.env_id)
-  networks = training.build_networks(config, spec)
+  networks = builder.build_networks(config, spec)
   state = learner.init_state(networks, config, jax.random.PRNGKey(seed))
   window = window_length(config.sequence_length, config.unroll_steps)
-  replay = training.make_replay(config, spec)
+  replay = builder.make_replay(config, spec)
   actor = Actor(actor_envs, networks, replay, config.stack, seed)
   # Acting params before any update; a copy, as the update donates `state`.
   params = jax.tree.map(jnp.copy, state.target_params)
@@ -600,7 +602,7 @@ def main(argv) -> int:
       solve_figures, results["solve_summaries"] = run_solve(
           config, options.solve, options.solve_budget, options.solve_seeds,
           config_args)
-    except training.NonFiniteLossError as e:
+    except NonFiniteLossError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
     figures.update(solve_figures)

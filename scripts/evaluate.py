@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from muesli_jax import checkpoint, envs as envs_lib, learner, training  # noqa: E402
+from muesli_jax import builder, checkpoint, envs as envs_lib, learner  # noqa: E402
 from muesli_jax import video  # noqa: E402
 from muesli_jax.config import ConfigError, load_run_config  # noqa: E402
 from muesli_jax.evaluation import EvalResult, Evaluator  # noqa: E402
@@ -32,7 +32,7 @@ def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
   probe = envs_lib.make_vector_env(config, num_envs=1, asynchronous=False)
   spec = envs_lib.env_spec(probe, config.env_id)
   probe.close()
-  networks = training.build_networks(config, spec)
+  networks = builder.build_networks(config, spec)
   like = learner.init_state(networks, config, jax.random.PRNGKey(0))
   state = checkpoint.load_train_state(run_dir, like)
   with Evaluator(config, networks, episodes, greedy,

@@ -48,6 +48,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muesli_jax import config as config_lib  # noqa: E402
+from muesli_jax.errors import NonFiniteLossError  # noqa: E402
 
 SWEEP_DIR = os.path.join(config_lib.REPO_ROOT, "configs", "sweeps")
 SWEEP_KEYS = ("base_config", "overrides", "space", "objective", "direction",
@@ -502,7 +503,7 @@ def run_trial(optuna, training, study, trial, sweep, base, study_dir) -> None:
     print(f"trial {trial.number} interrupted after {time.time() - start:.0f} s; "
           f"its parameters are queued again", flush=True)
     raise
-  except training.NonFiniteLossError as e:
+  except NonFiniteLossError as e:
     # Pruned, not failed: it counts towards --trials (a diverging region
     # cannot keep a sweep going forever) and TPE learns the region is bad.
     trial.set_user_attr("error", f"non-finite loss: {e}")

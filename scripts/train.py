@@ -14,9 +14,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from muesli_jax import anakin, envs, training  # noqa: E402
-from muesli_jax.checkpoint import CheckpointError  # noqa: E402
-from muesli_jax.config import ConfigError, parse_args, parse_resume_args  # noqa: E402
-from muesli_jax.envs import UnknownEnvError  # noqa: E402
+from muesli_jax.config import parse_args, parse_resume_args  # noqa: E402
+from muesli_jax.errors import (CheckpointError, ConfigError,  # noqa: E402
+                               NonFiniteLossError, UnknownEnvError)
 
 
 def _stop(signum, frame):
@@ -46,7 +46,7 @@ def main(argv) -> int:
   except (ConfigError, UnknownEnvError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except training.NonFiniteLossError as e:
+  except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   solved = summary["solved_at_steps"]

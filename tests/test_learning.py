@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import cartpole
-from muesli_jax import training
+from muesli_jax import interrupts, training
+from muesli_jax.errors import NonFiniteLossError
 
 
 @pytest.mark.parametrize("async_acting", [False, True])
@@ -55,7 +56,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
   config.update(total_env_steps=2_000, checkpoint_interval=400,
                 eval_interval=0, logdir=str(tmp_path),
                 async_acting=async_acting)
-  with pytest.raises(training.NonFiniteLossError, match="update 40 "):
+  with pytest.raises(NonFiniteLossError, match="update 40 "):
     training.train(config, run_name="nan", progress=False)
   # The checkpoints written before it stay; the broken state is not saved.
   assert checkpoint.Checkpoints(tmp_path / "nan").steps() == [400, 800]
@@ -92,7 +93,7 @@ def test_interrupt_inside_an_update_is_delivered_after_it():
 def _check_interrupt_is_deferred(signal_lib):
   done = []
   with pytest.raises(KeyboardInterrupt):
-    with training.interrupts_deferred():
+    with interrupts.deferred():
       signal_lib.raise_signal(signal_lib.SIGINT)
       done.append("update finished")
   assert done == ["update finished"]

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from muesli_jax import learner, networks as nets, training
+from muesli_jax import learner, networks as nets, placement
 from muesli_jax.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_replica_check_sees_a_difference():
   networks = nets.make_networks((4,), 2, config.num_bins, 8, 1, 8)
   state = learner.init_state(networks, config, jax.random.PRNGKey(0))
   replicated = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), state)
-  assert training.replicas_identical(replicated)
+  assert placement.replicas_identical(replicated)
   leaf = jax.tree.leaves(replicated.params)[0]
   leaf[1].flat[0] += 1e-7
-  assert not training.replicas_identical(replicated)
+  assert not placement.replicas_identical(replicated)

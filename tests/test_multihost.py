@@ -20,7 +20,8 @@ import jax
 import pytest
 
 from configs import cartpole
-from muesli_jax import checkpoint, envs as envs_lib, learner, training
+from muesli_jax import builder, checkpoint, envs as envs_lib, learner
+from muesli_jax import run_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small and short: most of a run is starting jax and compiling the update.
@@ -119,11 +120,11 @@ def _digest_of(run_dir) -> str:
   config = cartpole.get_config()
   config.hidden_size = config.head_size = 16
   envs = envs_lib.make_vector_env(config, num_envs=1)
-  networks = training.build_networks(config, envs_lib.env_spec(envs))
+  networks = builder.build_networks(config, envs_lib.env_spec(envs))
   envs.close()
   init = learner.init_state(networks, config, jax.random.PRNGKey(0))
-  return (training.params_digest(checkpoint.load_train_state(run_dir, init)),
-          training.params_digest(init))
+  return (run_record.params_digest(checkpoint.load_train_state(run_dir, init)),
+          run_record.params_digest(init))
 
 
 @pytest.mark.parametrize("async_acting", [False, True])

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from muesli_jax import envs, training
+from muesli_jax import builder, envs, training
 from muesli_jax.actor import Actor
 from muesli_jax.config import load_config_file, validate
 
@@ -41,8 +41,8 @@ def test_replay_stacks_match_what_the_actor_saw():
   config = tiny_config("minatar.py", stack=3, replay_capacity=400)
   vec = envs.make_vector_env(config)
   spec = envs.env_spec(vec, config.env_id)
-  replay = training.make_replay(config, spec, verbose=False)
-  networks = training.build_networks(config, spec)
+  replay = builder.make_replay(config, spec, verbose=False)
+  networks = builder.build_networks(config, spec)
   params = networks.init(jax.random.PRNGKey(0))
   actor = Actor(vec, networks, replay, config.stack, seed=0)
   seen = []

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from configs import cartpole
-from muesli_jax import checkpoint, envs as envs_lib, learner, training
+from muesli_jax import builder, checkpoint, envs as envs_lib, learner
+from muesli_jax import run_record, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One XLA thread: the same program then gives the same bits every time.
@@ -50,7 +51,7 @@ def _final_state(run_dir):
   config = cartpole.get_config()
   config.hidden_size = config.head_size = 32
   envs = envs_lib.make_vector_env(config, num_envs=1)
-  networks = training.build_networks(config, envs_lib.env_spec(envs))
+  networks = builder.build_networks(config, envs_lib.env_spec(envs))
   envs.close()
   like = learner.init_state(networks, config, jax.random.PRNGKey(0))
   return checkpoint.load_train_state(run_dir, like)
@@ -122,8 +123,8 @@ def test_a_resume_drops_episode_rows_past_it_and_a_half_written_row(tmp_path):
             "100,1.0,10.00,10\n200,2.0,20.00,20\n300,3.0,30.00,30\n"
             "250,3.1,4")  # what a kill in the middle of a write leaves
   config = cartpole.get_config()
-  logger = training.Logger(str(tmp_path), config, env_steps=200, resumed=True,
-                           progress=False)
+  logger = run_record.Logger(str(tmp_path), config.total_env_steps, env_steps=200,
+                             resumed=True, progress=False)
   logger.episode(208, 2.5, 8.0, 8)
   logger.close()
   assert _returns(tmp_path) == [(100, "10.00", 10), (200, "20.00", 20),
