@@ -20,6 +20,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from muesli_jax.errors import ConfigError, NonFiniteLossError
+from muesli_jax.video import frame_strip
 
 
 def default_run_dir(config, stamp: Optional[str] = None) -> str:
@@ -98,6 +99,20 @@ class Logger:
     self.flush()
     self.advance(env_steps, sps=f"{sps:.0f}",
                  ret100="n/a" if mean_return is None else f"{mean_return:.1f}")
+
+  def evaluation(self, figures: Dict[str, float], frames, episodes: int,
+                 greedy: bool) -> None:
+    """An evaluation's figures, a strip of its frames, and one line."""
+    env_steps = figures["env_steps"]
+    self.scalars("eval", {k: v for k, v in figures.items()
+                          if k != "env_steps"}, env_steps)
+    if frames:
+      self.writer.add_image("eval/episode", frame_strip(frames), env_steps,
+                            dataformats="HWC")
+    self.message(f"evaluation at {env_steps} env steps: "
+                 f"{figures['return_mean']:.1f} ± {figures['return_std']:.1f} "
+                 f"over {episodes} {'greedy' if greedy else 'sampled'} "
+                 "episodes")
 
   def advance(self, env_steps: int, **postfix):
     self._bar.update(min(env_steps, self._bar.total) - self._bar.n)

@@ -1,142 +1,32 @@
 """The host training loop: act, store, sample, update, log.
 
-`train` reads top to bottom: `setup` (or resume from a checkpoint), then
-per iteration `act` and `learn` (or `act_and_learn` with `async_acting`),
-`log`, and `evaluate` and `save` when due; `finish` ends every run, however
-it stops, with the newest checkpoint and `summary.json`.
+`train` reads top to bottom: `builder.setup` (or resume from a
+checkpoint), then `loop`: per iteration `act` and `learn` (or
+`act_and_learn` with `async_acting`), `log`, and `evaluate` and `save` when
+due; `finish` ends every run, however it stops, with the newest checkpoint
+and `summary.json`.
 
-The parts live in their own modules: `builder` (networks and replay from
-the config), `placement` (the update on one or several devices),
-`run_record` (run folder, logs, episodes, summary), `resume` (what a
-checkpoint holds), `distributed` (several processes in lockstep) and
-`interrupts` (Ctrl-C and SIGTERM at any moment).
+The parts live in their own modules: `builder` (a config into a `Run`),
+`placement` (the update on one or several devices), `run_record` (run
+folder, logs, episodes, summary), `resume` (what a checkpoint holds),
+`distributed` (several processes in lockstep) and `interrupts` (Ctrl-C and
+SIGTERM at any moment). docs/architecture.md draws the layers.
 """
 
-import concurrent.futures
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import numpy as np
 
-from muesli_jax import builder, checkpoint, distributed, interrupts
-from muesli_jax import envs as envs_lib, learner, placement
+from muesli_jax import builder, distributed, interrupts
 from muesli_jax import resume as resume_lib
 from muesli_jax import run_record
-from muesli_jax.actor import Actor
+from muesli_jax.builder import Run
 from muesli_jax.errors import NonFiniteLossError
-from muesli_jax.evaluation import Evaluator
-from muesli_jax.video import frame_strip
-
-
-class Run:
-  """Everything one training run holds; built by `setup`."""
-
-  def __init__(self, config, run_dir: str, envs, replay, networks, update,
-               state, actor, checkpoints, evaluator,
-               progress: resume_lib.Progress, replay_lag: int = 0):
-    # `run_dir` is the folder this process writes (`process_dir`);
-    # `checkpoints` and `evaluator` are None on processes other than 0.
-    self.config, self.run_dir = config, run_dir
-    self.envs, self.replay, self.networks = envs, replay, networks
-    self.update, self.state, self.actor = update, state, actor
-    self.checkpoints, self.evaluator, self.progress = (checkpoints, evaluator,
-                                                       progress)
-    self.logger: Optional[run_record.Logger] = None
-    self.record: Optional[run_record.EpisodeRecord] = None
-    self.started = time.time()
-    self.first_env_steps = actor.env_steps
-    self._seconds_before = progress.seconds  # of the processes before this
-    # Replay steps that do not count towards the warm-up: after a resume
-    # over several processes only process 0 has its replay back, and all
-    # must start updating at the same iteration.
-    self.replay_lag = replay_lag
-    self.actor_device = placement.actor_device(config.actor_device)
-    # With `async_acting` the actor steps the envs on this thread.
-    self.actor_thread = (concurrent.futures.ThreadPoolExecutor(
-        1, thread_name_prefix="actor") if config.async_acting else None)
-    # Losses of updates not yet read back: `(update, loss on the device)`.
-    self.unchecked_losses: List[Any] = []
-
-  @property
-  def env_steps(self) -> int:
-    return self.actor.env_steps
-
-  def seconds(self) -> float:
-    return self._seconds_before + time.time() - self.started
-
-  def acting_params(self):
-    return self.update.first(self.state.target_params)
-
-  def actor_params(self):
-    return placement.acting_copy(self.acting_params(), self.actor_device,
-                                 self.update, self.actor_thread is not None)
-
-  def open_logs(self, resumed: bool, progress: bool) -> None:
-    self.logger = run_record.Logger(self.run_dir, self.config.total_env_steps,
-                                    self.env_steps, resumed, progress)
-    p = self.progress
-    self.record = run_record.EpisodeRecord(
-        self.logger, self.config.solve_return, p.recent_returns, p.episodes,
-        p.solved_at_steps, p.solved_at_seconds)
-
-
-def setup(config, run_dir: str, resume_run: bool, progress: bool) -> Run:
-  """Builds envs, replay, networks, state and actor; restores them from the
-  newest checkpoint when `resume_run`. Bad configs raise before anything is
-  written.
-
-  Over several processes, process `k > 0` writes `process_dir(run_dir, k)`
-  and keeps no checkpoints: it resumes from what process 0 restored.
-  """
-  placement.check_batch_split(config.batch_size, jax.local_device_count())
-  index, multi_process = jax.process_index(), distributed.is_multi_process()
-  own_dir = distributed.process_dir(run_dir, index)
-  if resume_run and not multi_process:
-    resume_lib.check_resumable(run_dir)
-  seed = distributed.process_seed(config.seed)
-  envs = envs_lib.make_vector_env(config, seed=seed)
-  spec = envs_lib.env_spec(envs, config.env_id)
-  checkpoints = None
-  try:
-    replay = builder.make_replay(config, spec, verbose=progress, seed=seed)
-    if not resume_run or index > 0:
-      run_record.make_run_dir(own_dir)
-    networks = builder.build_networks(config, spec)
-    state = learner.init_state(networks, config,
-                               jax.random.PRNGKey(config.seed))
-    actor = Actor(envs, networks, replay, config.stack, seed)
-    if index == 0:
-      checkpoints = checkpoint.Checkpoints(
-          run_dir, keep=config.keep_checkpoints,
-          this_process_only=multi_process)
-    run_progress, replay_lag = resume_lib.Progress(), 0
-    if resume_run and multi_process:
-      state, run_progress = resume_lib.restore_processes(
-          checkpoints, config, state, actor, replay, envs, run_dir, progress)
-      replay_lag = replay.total_steps
-    elif resume_run:
-      state, run_progress = resume_lib.restore(checkpoints, config, state, actor,
-                                               replay, envs, progress)
-  except BaseException:
-    envs.close()
-    if checkpoints is not None:
-      checkpoints.close()
-    raise
-  # Written once the checkpoint is known to match: a resume with overrides
-  # (e.g. a longer run) records them.
-  run_record.write_config(own_dir, config)
-  update = placement.DeviceUpdate(networks, config)
-  evaluator = None
-  if config.eval_interval > 0 and index == 0:
-    evaluator = Evaluator(config, networks, config.eval_episodes,
-                          config.eval_greedy)
-  return Run(config, own_dir, envs, replay, networks, update,
-             update.place(state), actor, checkpoints, evaluator, run_progress,
-             replay_lag)
 
 
 def act(run: Run) -> None:
@@ -226,8 +116,8 @@ def log(run: Run, metrics) -> None:
 
 
 def evaluate(run: Run) -> Dict[str, float]:
-  """Plays `eval_episodes` fresh episodes with the acting params; logs
-  `eval/return_mean`, `eval/return_std` and a strip of frames."""
+  """Plays `eval_episodes` fresh episodes with the acting params and logs
+  their returns and a strip of frames."""
   config = run.config
   seed = config.seed + 10_000 + 7919 * len(run.progress.evaluations)
   run.logger.message(f"evaluating {config.eval_episodes} episodes at "
@@ -239,15 +129,8 @@ def evaluate(run: Run) -> Dict[str, float]:
                  return_std=float(np.std(result.returns)),
                  length_mean=float(np.mean(result.lengths)))
   run.progress.evaluations.append(figures)
-  run.logger.scalars("eval", {k: v for k, v in figures.items()
-                              if k != "env_steps"}, run.env_steps)
-  if result.frames:
-    run.logger.writer.add_image("eval/episode", frame_strip(result.frames),
-                                run.env_steps, dataformats="HWC")
-  run.logger.message(f"evaluation at {run.env_steps} env steps: "
-                     f"{figures['return_mean']:.1f} ± "
-                     f"{figures['return_std']:.1f} over {len(result.returns)} "
-                     f"{'greedy' if config.eval_greedy else 'sampled'} episodes")
+  run.logger.evaluation(figures, result.frames, len(result.returns),
+                        config.eval_greedy)
   return figures
 
 
@@ -314,21 +197,10 @@ def finish(run: Run, interrupted: bool, stopped_early: bool,
                           stopped_early)
       run_record.write_summary(run.run_dir, summary)
     finally:
-      _close(run)
+      run.close()
   if error is not None:
     raise error
   return summary
-
-
-def _close(run: Run) -> None:
-  run.logger.close()
-  if run.actor_thread is not None:
-    run.actor_thread.shutdown()
-  if run.checkpoints is not None:
-    run.checkpoints.close()
-  if run.evaluator is not None:
-    run.evaluator.close()
-  run.envs.close()
 
 
 def iterate(run: Run, multi_process: bool) -> Optional[Dict[str, Any]]:
@@ -379,16 +251,6 @@ def loop(run: Run, on_log, multi_process: bool) -> bool:
   return False
 
 
-def _warn_if_no_update(config, progress: bool) -> None:
-  first_update = builder.steps_before_first_batch(config) * config.num_envs
-  if progress and config.total_env_steps < first_update:
-    print(f"warning: total_env_steps={config.total_env_steps} ends in the "
-          f"replay's warm-up: the first update comes at about {first_update} "
-          f"env steps ((warmup_steps + one window of sequence_length + "
-          f"unroll_steps + 1) x num_envs), so this run will not learn",
-          flush=True)
-
-
 def train(config, run_dir: Optional[str] = None, resume: bool = False,
           progress: bool = True,
           on_log: Optional[Callable[[int, float], bool]] = None,
@@ -413,9 +275,10 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
                    config, distributed.shared_stamp() if multi_process
                    else None))
   progress = progress and jax.process_index() == 0
-  run = setup(config, run_dir, resume, progress)
+  run = builder.setup(config, run_dir, resume, progress)
   run.open_logs(resume, progress)
-  _warn_if_no_update(config, progress)
+  if progress:
+    builder.warn_if_no_update(config)
   interrupted = stopped_early = failed = False
   previous_sigint = None
   try:
