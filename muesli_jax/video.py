@@ -1,9 +1,10 @@
 """Episode frames as a TensorBoard image strip or a video file.
 
-`frame_strip` needs only numpy and pillow (a core dependency), so a training
-run can log a picture of an episode at every evaluation (tensorboardX's
-`add_video` would need moviepy). `write_video` needs the `video` extra
-(`pip install 'muesli_jax[video]'`: imageio, with imageio-ffmpeg for mp4).
+`frame_strip` needs only numpy and pillow (which the `train` extra brings),
+so a training run can log a picture of an episode at every evaluation
+(tensorboardX's `add_video` would need moviepy). `write_video` needs the
+`video` extra (`pip install 'muesli_jax[video]'`: imageio, with
+imageio-ffmpeg for mp4).
 
 Frames are RGB `uint8 [H, W, 3]`, all of one size, as
 `muesli_jax.evaluation.Evaluator` records them.

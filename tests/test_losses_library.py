@@ -1,5 +1,6 @@
-"""`muesli_jax.losses` as a library: light to import, the README's snippet
-runs as written, and the functions another agent builds CMPO from."""
+"""`muesli_jax.losses` as a library: light to import, the snippet of
+docs/losses.md runs as written, and the functions another agent builds CMPO
+from."""
 
 import os
 import re
@@ -20,10 +21,10 @@ TRAINING_ONLY = ("gymnasium", "Box2D", "tensorboardX", "orbax", "ml_collections"
                  "tqdm", "PIL")
 
 
-def _readme_loss_snippet() -> str:
-  with open(os.path.join(ROOT, "README.md")) as f:
-    readme = f.read()
-  section = readme.split("## Using the losses from another agent", 1)[1]
+def _losses_page_snippet() -> str:
+  with open(os.path.join(ROOT, "docs", "losses.md")) as f:
+    page = f.read()
+  section = page.split("## Using the losses from another agent", 1)[1]
   return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -35,10 +36,10 @@ def _run(code: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300)
 
 
-def test_readme_snippet_runs_as_written_without_the_training_extra():
+def test_losses_page_snippet_runs_as_written_without_the_training_extra():
   check = (f"\nimport sys\nloaded = [m for m in {TRAINING_ONLY!r} "
            "if m in sys.modules]\nprint('loaded:', loaded)\n")
-  proc = _run(_readme_loss_snippet() + check)
+  proc = _run(_losses_page_snippet() + check)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert lines[0] == "(32,) (32,)"
