@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sticky_actions = 0.25  # Atari: repeat the last action (Machado et al.)
   c.noop_max = 30  # Atari: random no-ops at reset
   c.full_action_space = False  # Atari: all 18 actions
-  # Acting (see the README's "Acting while the learner updates").
+  # Acting (see docs/scale.md, "Acting while the learner updates").
   c.async_acting = False  # step the envs on a thread during each update
   c.actor_device = ""  # "": jax's default device; "cpu": the host's CPU
   # Running.
@@ -87,7 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_episodes = 10
   c.eval_greedy = False  # sample like training; True: argmax actions
   c.eval_video = True  # a strip of frames of one episode in TensorBoard
-  # Multi-process runs (one process per host or per accelerator), see README.
+  # Multi-process runs (one process per host or per accelerator), see
+  # docs/scale.md.
   c.distributed = False  # join a jax.distributed run before training
   c.coordinator_address = ""  # "host:port" of process 0; "": from the env
   c.num_processes = 0  # 0: from the environment (Slurm, Open MPI, ...)

@@ -92,7 +92,7 @@ def make_env(env_id: str):
     raise UnknownEnvError(
         f"{env_id} needs gymnax: pip install -c constraints.txt -e "
         "'.[anakin]' && pip install -c constraints.txt --no-deps gymnax (see "
-        "the README's Anakin section)") from None
+        "docs/scale.md, Anakin)") from None
   known = list(gymnax.registered_envs)
   if name not in known:
     stem = name.split("-")[0].lower()
