@@ -292,21 +292,7 @@ def parse_cli(argv):
                       help="pin each worker to its share of the CPU cores")
   parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
   args, rest = parser.parse_known_args(argv)
-  cli = []
-  i = 0
-  while i < len(rest):
-    arg = rest[i]
-    if not arg.startswith("--config."):
-      raise SweepError(f"unexpected argument {arg!r}; overrides are --config.KEY=VALUE")
-    body = arg[len("--config."):]
-    if "=" in body:
-      cli.append(tuple(body.split("=", 1)))
-      i += 1
-    elif i + 1 < len(rest):
-      cli.append((body, rest[i + 1]))
-      i += 2
-    else:
-      raise SweepError(f"{arg} needs a value, e.g. {arg}=...")
+  cli = config_lib.parse_overrides(rest, "; overrides are --config.KEY=VALUE")
   if args.trials < 1:
     raise SweepError(f"--trials must be at least 1, got {args.trials}")
   if args.jobs < 1:
