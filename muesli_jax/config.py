@@ -98,11 +98,43 @@ def apply_overrides(config: ml_collections.ConfigDict,
       config[key] = _parse_value(key, text, config[key])
 
 
+def parse_overrides(args: Sequence[str],
+                    usage: str = "") -> List[Tuple[str, str]]:
+  """`--config.KEY=VALUE` (or `--config.KEY VALUE`) arguments -> `[(KEY,
+  VALUE text)]`, in order; `apply_overrides` parses the texts.
+
+  Args:
+    args: command-line arguments, every one an override or its value.
+    usage: what follows "unexpected argument 'ARG'" in the error for an
+      argument that is no override, e.g. "; overrides are --config.KEY=VALUE".
+
+  Raises:
+    ConfigError: an argument that is no override, or a key without a value.
+  """
+  overrides = []
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--config."):
+      raise ConfigError(f"unexpected argument {arg!r}{usage}")
+    body = arg[len("--config."):]
+    if "=" in body:
+      key, text = body.split("=", 1)
+      i += 1
+    elif i + 1 < len(args):
+      key, text = body, args[i + 1]
+      i += 2
+    else:
+      raise ConfigError(f"{arg} needs a value, e.g. {arg}=...")
+    overrides.append((key, text))
+  return overrides
+
+
 def parse_args(argv: Sequence[str],
                default: str = "lunar.py") -> ml_collections.ConfigDict:
   """Parses `--config FILE` and `--config.KEY=VALUE` (or `--config.KEY VALUE`)."""
   path: Optional[str] = None
-  overrides: List[Tuple[str, str]] = []
+  rest: List[str] = []
   args = list(argv)
   i = 0
   while i < len(args):
@@ -115,20 +147,11 @@ def parse_args(argv: Sequence[str],
     elif arg.startswith("--config="):
       path = arg.split("=", 1)[1]
       i += 1
-    elif arg.startswith("--config."):
-      body = arg[len("--config."):]
-      if "=" in body:
-        key, text = body.split("=", 1)
-        i += 1
-      elif i + 1 < len(args):
-        key, text = body, args[i + 1]
-        i += 2
-      else:
-        raise ConfigError(f"{arg} needs a value, e.g. {arg}=...")
-      overrides.append((key, text))
     else:
-      raise ConfigError(f"unexpected argument {arg!r}; use --config FILE and "
-                        "--config.KEY=VALUE")
+      rest.append(arg)
+      i += 1
+  overrides = parse_overrides(
+      rest, "; use --config FILE and --config.KEY=VALUE")
   config = load_config_file(path or default)
   apply_overrides(config, overrides)
   validate(config)
@@ -167,21 +190,7 @@ def parse_resume_args(argv: Sequence[str]):
                       "keys with --config.KEY=VALUE")
   config = load_run_config(run_dir)
   config.lock()
-  overrides = []
-  j = 0
-  while j < len(rest):
-    arg = rest[j]
-    if not arg.startswith("--config."):
-      raise ConfigError(f"unexpected argument {arg!r}")
-    body = arg[len("--config."):]
-    if "=" in body:
-      overrides.append(tuple(body.split("=", 1)))
-      j += 1
-    elif j + 1 < len(rest):
-      overrides.append((body, rest[j + 1]))
-      j += 2
-    else:
-      raise ConfigError(f"{arg} needs a value, e.g. {arg}=...")
+  overrides = parse_overrides(rest)
   apply_overrides(config, overrides)
   validate(config)
   return run_dir, config

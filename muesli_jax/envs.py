@@ -100,18 +100,6 @@ class ImageFromDict(gym.ObservationWrapper):
     return observation[self._key]
 
 
-class BoolToUint8(gym.ObservationWrapper):
-  """MinAtar's boolean channels as uint8 0/1: one byte a cell, as stored."""
-
-  def __init__(self, env):
-    super().__init__(env)
-    self.observation_space = gym.spaces.Box(
-        0, 1, env.observation_space.shape, np.uint8)
-
-  def observation(self, observation):
-    return observation.astype(np.uint8)
-
-
 def _image_key(space: gym.spaces.Dict, env_id: str) -> str:
   for key in ("image", "pixels", "rgb"):
     if key in space.spaces:
@@ -158,7 +146,14 @@ def check_action_space(space: gym.Space, env_id: str) -> None:
 class UnitBoxActions(gym.ActionWrapper):
   """A bounded Box action space seen as [-1, 1]^D: actions are clipped
   there (the policy's Gaussian samples may fall outside), then mapped
-  linearly onto the env's bounds."""
+  linearly onto the env's bounds.
+
+  The map runs in float64 and rounds once to the env's dtype, so -1 and 1
+  are its bounds exactly. gymnasium's `RescaleAction` rounds its slope and
+  offset to the env's dtype (a last-bit difference on 1 action component in
+  8 for Humanoid's [-0.4, 0.4]; 0.10000001 for a bound of 0.1), and
+  `ClipAction` shows the agent an unbounded space.
+  """
 
   def __init__(self, env):
     super().__init__(env)
@@ -216,7 +211,8 @@ def _make_env(config, render: bool = False) -> gym.Env:
     env = ImageFromDict(env, _image_key(env.observation_space, env_id))
   if (isinstance(env.observation_space, gym.spaces.Box) and
       env.observation_space.dtype == np.bool_):
-    env = BoolToUint8(env)
+    # MinAtar's boolean channels as uint8 0/1: one byte a cell, as stored.
+    env = gym.wrappers.DtypeObservation(env, np.uint8)
   return env
 
 

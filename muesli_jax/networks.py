@@ -18,6 +18,7 @@ import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import optax
 
 Array = chex.Array
 
@@ -29,9 +30,9 @@ def scale_hidden(hidden: Array) -> Array:
   return 2.0 * (hidden - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
 
 
-def scale_gradient(x: Array, scale: float) -> Array:
-  """Identity forward; multiplies the gradient by `scale` backward."""
-  return x * scale + jax.lax.stop_gradient(x) * (1.0 - scale)
+# Identity forward; multiplies the gradient by `scale` backward (a custom VJP,
+# so the forward pass is `x` itself, not `x * s + stop_gradient(x) * (1 - s)`).
+scale_gradient = optax.scale_gradient
 
 
 def gaussian_params(policy: Array) -> Tuple[Array, Array]:

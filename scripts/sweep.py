@@ -293,21 +293,7 @@ def parse_cli(argv):
                       help="pin each worker to its share of the CPU cores")
   parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
   args, rest = parser.parse_known_args(argv)
-  cli = []
-  i = 0
-  while i < len(rest):
-    arg = rest[i]
-    if not arg.startswith("--config."):
-      raise SweepError(f"unexpected argument {arg!r}; overrides are --config.KEY=VALUE")
-    body = arg[len("--config."):]
-    if "=" in body:
-      cli.append(tuple(body.split("=", 1)))
-      i += 1
-    elif i + 1 < len(rest):
-      cli.append((body, rest[i + 1]))
-      i += 2
-    else:
-      raise SweepError(f"{arg} needs a value, e.g. {arg}=...")
+  cli = config_lib.parse_overrides(rest, "; overrides are --config.KEY=VALUE")
   if args.trials < 1:
     raise SweepError(f"--trials must be at least 1, got {args.trials}")
   if args.jobs < 1:
@@ -586,14 +572,23 @@ def worker(args, sweep, base) -> int:
 # ---------------------------------------------------------------- supervisor
 
 
-def recover(optuna, study) -> None:
+def recover(optuna, storage, study) -> None:
   """Trials RUNNING now were left by a sweep that was killed (this process
-  holds the study's lock): mark them failed and queue their parameters."""
+  holds the study's lock): mark them failed and queue their parameters.
+
+  Optuna's heartbeats (`RDBStorage(heartbeat_interval=...)` with
+  `RetryFailedTrialCallback`) would find them only a grace period after the
+  kill, and are recorded only for trials run by `study.optimize`.
+  """
   TS = optuna.trial.TrialState
+  study_id = storage.get_study_id_from_name(study.study_name)
   for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
-    # Optuna has no public call to fail another process's trial.
-    study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-    study._storage.set_trial_state_values(t._trial_id, TS.FAIL)
+    # Attributes can be set only while the trial runs: first the mark, then
+    # the failure.
+    storage.set_trial_user_attr(
+        storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+        "interrupted", True)
+    study.tell(t.number, state=TS.FAIL)
     # An enqueued trial killed before it drew its values has them here.
     params = {**t.system_attrs.get("fixed_params", {}), **t.params}
     study.enqueue_trial(params, user_attrs={"retry_of": t.number})
@@ -627,7 +622,7 @@ def supervise(args, sweep, base, argv) -> int:
     raise SweepError(f"study {args.study!r} in {args.storage} was run with other "
                      f"settings ({differ} differ): rerun its command or pick "
                      "another --study")
-  recover(optuna, study)
+  recover(optuna, storage, study)
   n = counts(optuna, study)
   missing = args.trials - n["finished"]
   workers = min(args.jobs, max(missing, 0))

@@ -174,3 +174,61 @@ def test_a_run_too_short_to_update_says_so(tmp_path):
     assert warned == (updates == 0), proc.stdout[-2000:]
     (summary,) = (tmp_path / str(steps)).glob("*/summary.json")
     assert json.loads(summary.read_text())["updates"] == updates
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config"], "--config needs a file, e.g. --config lunar.py"),
+    (["--config.batch_size"],
+     "--config.batch_size needs a value, e.g. --config.batch_size=..."),
+    (["--config.seed=1", "stray"],
+     "unexpected argument 'stray'; use --config FILE and --config.KEY=VALUE"),
+], ids=["file_without_name", "key_without_value", "stray"])
+def test_parse_args_error_lines(in_repo_root, argv, message):
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.parse_args(argv)
+  assert str(error.value) == message
+
+
+def test_parse_args_overrides_in_both_forms_around_the_file(in_repo_root):
+  config = config_lib.parse_args(["--config.batch_size", "8", "-c",
+                                  "cartpole.py", "--config.seed=3",
+                                  "--config.logdir=a=b"])
+  assert config.env_id == "CartPole-v1"
+  assert (config.batch_size, config.seed, config.logdir) == (8, 3, "a=b")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(
+      config_lib.load_config_file("cartpole.py").to_dict()))
+  return str(tmp_path)
+
+
+def test_parse_resume_args_takes_overrides(run_dir):
+  got_dir, config = config_lib.parse_resume_args(
+      ["--config.total_env_steps", "5000", "--resume", run_dir,
+       "--config.batch_size=8"])
+  assert got_dir == run_dir and config.env_id == "CartPole-v1"
+  assert (config.total_env_steps, config.batch_size) == (5000, 8)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stray"], "unexpected argument 'stray'"),
+    (["--config.batch_size"],
+     "--config.batch_size needs a value, e.g. --config.batch_size=..."),
+    (["--config", "lunar.py"],
+     "--resume takes the run's own config; change single keys with "
+     "--config.KEY=VALUE"),
+    (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+], ids=["stray", "key_without_value", "config_file", "unknown_key"])
+def test_parse_resume_args_error_lines(run_dir, args, message):
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.parse_resume_args(["--resume", run_dir, *args])
+  assert str(error.value) == message
+
+
+def test_parse_resume_args_needs_a_folder():
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.parse_resume_args(["--resume", "--config.seed=1"])
+  assert str(error.value) == ("--resume needs a run folder, e.g. --resume "
+                              "runs/RUN")

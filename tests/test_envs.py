@@ -200,3 +200,105 @@ def test_float64_observations_are_stored_as_float32(tmp_path):
   np.testing.assert_array_equal(replay.observation[0],
                                 np.asarray(jnp.asarray(obs)))
   vec.close()
+
+
+class BoundedBoxActions(gym.Env):
+  """A continuous-action env whose bounds are set per id."""
+  observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+  def __init__(self, low, high, dtype=np.float32):
+    self.action_space = gym.spaces.Box(np.asarray(low, dtype),
+                                       np.asarray(high, dtype), dtype=dtype)
+
+  def reset(self, *, seed=None, options=None):
+    return np.zeros(3, np.float32), {}
+
+  def step(self, action):
+    return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+# Humanoid's [-0.4, 0.4] and uneven bounds do not scale by a power of two.
+gym.register("TestHumanoidBounds-v0", entry_point=BoundedBoxActions,
+             kwargs=dict(low=[-0.4] * 17, high=[0.4] * 17))
+gym.register("TestUnevenBounds-v0", entry_point=BoundedBoxActions,
+             kwargs=dict(low=[0.1, -3.0, -1.0], high=[0.7, 5.0, 1.0]))
+gym.register("TestFloat64Actions-v0", entry_point=BoundedBoxActions,
+             kwargs=dict(low=[-2.0], high=[2.0], dtype=np.float64))
+
+
+@pytest.mark.parametrize("env_id", [
+    "LunarLanderContinuous-v3", "Pendulum-v1", "TestHumanoidBounds-v0",
+    "TestUnevenBounds-v0", "TestFloat64Actions-v0"])
+def test_unit_box_actions_reach_the_env_exactly_rescaled(env_id):
+  """The agent's float32 actions in [-1, 1] reach the env clipped, then
+  mapped affinely onto its bounds in float64 and rounded once to its dtype:
+  -1 and 1 are its bounds exactly, and its dtype is kept."""
+  vec = envs.make_vector_env(config_for("pendulum.py", env_id=env_id),
+                             num_envs=1, asynchronous=False)
+  env = vec.envs[0].unwrapped
+  space = env.action_space
+  dim = space.shape[0]
+  assert vec.single_action_space == gym.spaces.Box(-1.0, 1.0, (dim,),
+                                                   np.float32)
+  unit = np.random.default_rng(0).uniform(-1.5, 1.5, (200, dim))
+  unit[:4] = [[-1.0], [1.0], [-3.0], [3.0]]
+  unit = unit.astype(np.float32)
+  # What reaches the env from each vector step; LunarLander's reset steps
+  # itself, and the step after an episode end resets instead.
+  received = {}
+  real_step, real_reset = env.step, env.reset
+  step_index = [None]
+
+  def step(action):
+    if step_index[0] is not None:
+      received[step_index[0]] = action
+    return real_step(action)
+
+  def reset(**kwargs):
+    index, step_index[0] = step_index[0], None
+    try:
+      return real_reset(**kwargs)
+    finally:
+      step_index[0] = index
+
+  env.step, env.reset = step, reset
+  vec.reset(seed=0)
+  for step_index[0], action in enumerate(unit):
+    vec.step(action[None])
+  vec.close()
+  assert all(i in received for i in range(4))
+  indices = sorted(received)
+  low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+  clipped = np.clip(unit[indices].astype(np.float64), -1.0, 1.0)
+  expected = (low + (clipped + 1.0) * 0.5 * (high - low)).astype(space.dtype)
+  assert all(received[i].dtype == space.dtype for i in indices)
+  np.testing.assert_array_equal(np.stack([received[i] for i in indices]),
+                                expected)
+  for i, bound in enumerate([space.low, space.high] * 2):
+    np.testing.assert_array_equal(received[i], bound)
+
+
+def test_minatar_bool_observations_reach_the_agent_as_uint8():
+  env_id = "MinAtar/Breakout-v1"
+  vec = envs.make_vector_env(config_for("minatar.py", env_id=env_id),
+                             num_envs=1, asynchronous=False)
+  raw = gym.make(env_id)
+  space = raw.observation_space
+  assert space.dtype == np.bool_
+  assert vec.single_observation_space == gym.spaces.Box(0, 1, space.shape,
+                                                        np.uint8)
+  obs, _ = vec.reset(seed=0)
+  raw_obs, _ = raw.reset(seed=0)
+  seen = 0
+  for step in range(100):
+    assert obs.dtype == np.uint8
+    np.testing.assert_array_equal(obs[0], raw_obs.astype(np.uint8))
+    seen += int(raw_obs.sum())
+    action = step % raw.action_space.n
+    obs, _, terminated, truncated, _ = vec.step(np.array([action]))
+    raw_obs, _, raw_terminated, raw_truncated, _ = raw.step(action)
+    assert (terminated[0], truncated[0]) == (raw_terminated, raw_truncated)
+    if raw_terminated or raw_truncated:
+      break
+  assert seen > 0  # the frames compared were not all empty
+  vec.close()

@@ -31,6 +31,14 @@ def sweep_command():
           "--jobs", "1", *(f"--config.{k}={v}" for k, v in overrides.items())]
 
 
+def import_sweep():
+  """scripts/sweep.py as a module (scripts/ is no package)."""
+  spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  return sweep
+
+
 def load_study(tmp_path):
   storage = f"sqlite:///{tmp_path}/runs/sweeps/cartpole.db"
   return optuna.load_study(study_name="cartpole", storage=storage)
@@ -130,9 +138,7 @@ def test_bad_space_is_a_one_line_error(tmp_path, space, words):
 
 
 def test_workers_claim_exactly_the_missing_trials(tmp_path):
-  spec = importlib.util.spec_from_file_location("sweep", SWEEP)
-  sweep = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(sweep)
+  sweep = import_sweep()
   study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db",
                               direction="maximize")
   lock = str(tmp_path / "lock")
@@ -152,9 +158,7 @@ def test_workers_claim_exactly_the_missing_trials(tmp_path):
 
 def test_trial_outcomes(tmp_path, capsys):
   """How a trial ends, with a stand-in for `training.train` (no JAX)."""
-  spec = importlib.util.spec_from_file_location("sweep", SWEEP)
-  sweep = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(sweep)
+  sweep = import_sweep()
   TS = optuna.trial.TrialState
 
   class Diverged(RuntimeError):
@@ -206,3 +210,58 @@ def test_trial_outcomes(tmp_path, capsys):
   lines = capsys.readouterr().out.splitlines()
   assert [line.split(":")[0] for line in lines] == ["trial 0"] * 4
   assert "pruned at 1000 env steps" in lines[1]
+
+
+def test_trials_left_running_are_failed_and_queued_again(tmp_path, capsys):
+  """What a rerun does first: the killed sweep's trials fail, and their
+  values (drawn, or enqueued and not yet drawn) run again."""
+  sweep = import_sweep()
+  TS = optuna.trial.TrialState
+  storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
+  study = optuna.create_study(storage=storage, direction="maximize")
+  drawn = study.ask()
+  drawn_rate = drawn.suggest_float("learning_rate", 1e-4, 1e-3, log=True)
+  study.enqueue_trial({"learning_rate": 5e-4})
+  study.ask()  # killed before it drew its enqueued value
+  done = study.ask()
+  done.suggest_float("learning_rate", 1e-4, 1e-3, log=True)
+  study.tell(done, 1.0)
+
+  sweep.recover(optuna, storage, study)
+
+  trials = study.get_trials()
+  assert [t.state for t in trials] == [TS.FAIL, TS.FAIL, TS.COMPLETE,
+                                       TS.WAITING, TS.WAITING]
+  assert all(t.user_attrs["interrupted"] for t in trials[:2])
+  assert "interrupted" not in trials[2].user_attrs
+  assert [t.user_attrs["retry_of"] for t in trials[3:]] == [0, 1]
+  retried = []
+  for _ in range(2):
+    trial = study.ask()
+    retried.append(trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True))
+  assert retried == [drawn_rate, 5e-4]
+  printed = capsys.readouterr().out
+  assert printed.count("left running by an interrupted sweep") == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stray"],
+     "error: unexpected argument 'stray'; overrides are --config.KEY=VALUE"),
+    (["--config.seed"], "error: --config.seed needs a value, e.g. "
+     "--config.seed=..."),
+], ids=["stray", "key_without_value"])
+def test_bad_override_is_a_one_line_error(tmp_path, monkeypatch, capsys,
+                                          args, message):
+  sweep = import_sweep()
+  monkeypatch.chdir(tmp_path)
+  assert sweep.main(["--sweep", "cartpole.py", *args]) == 2
+  assert capsys.readouterr().err == message + "\n"
+  assert not (tmp_path / "runs").exists()
+
+
+def test_overrides_in_both_forms_reach_the_workers(tmp_path):
+  sweep = import_sweep()
+  args, cli = sweep.parse_cli(["--config.seed", "3", "--sweep", "cartpole.py",
+                               "--config.logdir=a=b", "--trials", "4"])
+  assert (args.sweep, args.trials) == ("cartpole.py", 4)
+  assert cli == [("seed", "3"), ("logdir", "a=b")]
