@@ -135,8 +135,10 @@ def evaluate(run: Run) -> Dict[str, float]:
 
 
 def save(run: Run) -> None:
-  check_losses(run)  # never write a state that is not finite
-  resume_lib.save(run)
+  """A checkpoint of the run now; an interrupt waits for it to be whole."""
+  with interrupts.deferred():
+    check_losses(run)  # never write a state that is not finite
+    resume_lib.save(run)
 
 
 def _due(interval: int, last: int, now: int) -> bool:
@@ -174,21 +176,21 @@ def finish(run: Run, interrupted: bool, stopped_early: bool,
   cuts it short), then, shielded from further interrupts, the final
   checkpoint (unless the state is not finite), summary.json and closing."""
   error = None
-  if not failed:
-    try:
-      check_losses(run)  # the newest update's, under async acting
-    except NonFiniteLossError as e:
-      failed, error = True, e
-  evaluations = run.progress.evaluations
-  if (run.evaluator is not None and
-      not (interrupted or failed or stopped_early) and
-      not (evaluations and evaluations[-1]["env_steps"] == run.env_steps)):
-    try:
+  try:
+    if not failed:
+      try:
+        check_losses(run)  # the newest update's, under async acting
+      except NonFiniteLossError as e:
+        failed, error = True, e
+    evaluations = run.progress.evaluations
+    if (run.evaluator is not None and
+        not (interrupted or failed or stopped_early) and
+        not (evaluations and evaluations[-1]["env_steps"] == run.env_steps)):
       evaluate(run)
-    except KeyboardInterrupt:
-      interrupted = True
-      print("\ninterrupted during the final evaluation: saving a checkpoint",
-            flush=True)
+  except KeyboardInterrupt:
+    interrupted = True
+    print("\ninterrupted: saving a checkpoint of the current state",
+          flush=True)
   with interrupts.shielded() as shield:
     try:
       if not failed and run.progress.last_checkpoint != run.env_steps:
@@ -275,13 +277,17 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
                    config, distributed.shared_stamp() if multi_process
                    else None))
   progress = progress and jax.process_index() == 0
-  run = builder.setup(config, run_dir, resume, progress)
-  run.open_logs(resume, progress)
-  if progress:
-    builder.warn_if_no_update(config)
+  run = None
   interrupted = stopped_early = failed = False
   previous_sigint = None
   try:
+    # An interrupt while the run is built waits for it: then there is a
+    # run to close with a summary (and, once resumed, a checkpoint).
+    with interrupts.deferred():
+      run = builder.setup(config, run_dir, resume, progress)
+      run.open_logs(resume, progress)
+    if progress:
+      builder.warn_if_no_update(config)
     if multi_process and threading.current_thread() is threading.main_thread():
       previous_sigint = distributed.forward_interrupts_to_jax()
     stopped_early = loop(run, on_log, multi_process)
@@ -294,5 +300,6 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
   finally:
     if previous_sigint is not None:
       signal.signal(signal.SIGINT, previous_sigint)
-    summary = finish(run, interrupted, stopped_early, failed)
+    if run is not None:  # else setup failed: its error propagates
+      summary = finish(run, interrupted, stopped_early, failed)
   return summary

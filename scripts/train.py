@@ -13,21 +13,40 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+_stopping = []
+
+
+def _stop(signum, frame):
+  """The first Ctrl-C or SIGTERM stops the run: `train` saves a checkpoint
+  and the summary, then returns. Later ones only say so: an exception
+  raised anywhere while the run closes could cut its save short."""
+  del frame
+  if _stopping:
+    print("already stopping: the checkpoint and summary are being written",
+          file=sys.stderr, flush=True)
+    return
+  _stopping.append(signum)
+  raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+  # Ctrl-C and SIGTERM (e.g. from a job scheduler) both stop cleanly, even
+  # when the shell started us in the background with SIGINT ignored, and
+  # from the first moment: importing jax takes seconds.
+  signal.signal(signal.SIGINT, _stop)
+  signal.signal(signal.SIGTERM, _stop)
+  try:
+    from muesli_jax import anakin, envs, training  # noqa: E402
+  except KeyboardInterrupt:
+    sys.exit(130)
 from muesli_jax import anakin, envs, training  # noqa: E402
 from muesli_jax.config import parse_args, parse_resume_args  # noqa: E402
 from muesli_jax.errors import (CheckpointError, ConfigError,  # noqa: E402
                                NonFiniteLossError, UnknownEnvError)
 
 
-def _stop(signum, frame):
-  raise KeyboardInterrupt  # train() saves a checkpoint and the logs, then exits
-
-
 def main(argv) -> int:
-  # Ctrl-C and SIGTERM (e.g. from a job scheduler) both stop cleanly, even
-  # when the shell started us in the background with SIGINT ignored.
-  signal.signal(signal.SIGINT, _stop)
-  signal.signal(signal.SIGTERM, _stop)
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
@@ -49,6 +68,11 @@ def main(argv) -> int:
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    # Before the run had a state to save (imports, envs, the replay).
+    print("\ninterrupted before training started: nothing to save",
+          file=sys.stderr)
+    return 130
   solved = summary["solved_at_steps"]
   if solved is not None:
     print(f"mean return of the last 100 episodes first reached "
