@@ -13,7 +13,10 @@ params.
 orbax writes each step into a temporary folder and renames it when complete,
 so a checkpoint cut in the middle of writing (`kill -9`, a full disk) is
 never listed; `restore` reads the newest complete one and falls back to
-older ones if it cannot be read.
+older ones if it cannot be read. Those it skips (e.g. files emptied by a
+failing disk) are moved to `RUN_DIR/checkpoints_unreadable/<env_steps>`,
+out of orbax's sight: otherwise the resumed run would find their step taken
+when it reaches it again.
 
 In a multi-process run only process 0 keeps checkpoints, through a manager
 over that process alone (`this_process_only`). orbax 0.12.8 is not suited
@@ -34,8 +37,8 @@ from muesli_jax.errors import CheckpointError  # noqa: F401  (raised here)
 
 CHECKPOINT_DIR = "checkpoints"
 LEGACY_DIR = "checkpoint"  # runs written before periodic checkpoints
-
-
+# Beside CHECKPOINT_DIR, not in it: orbax lists every step folder in there.
+UNREADABLE_DIR = "checkpoints_unreadable"
 
 
 def _path_name(path) -> str:
@@ -142,14 +145,26 @@ class Checkpoints:
     self._manager.wait_until_finished()
     return os.path.join(self.directory, str(env_steps))
 
-  def restore(self, like_state):
+  def restore(self, like_state, set_aside_unreadable: bool = True):
     """`(env_steps, state, loop, arrays, replay or None)` of the newest
     readable checkpoint; `CheckpointError` when there is none or the state
-    does not match `like_state`."""
+    does not match `like_state`.
+
+    Newer checkpoints that cannot be read are skipped and, when
+    `set_aside_unreadable` (a resume), moved to `UNREADABLE_DIR` beside the
+    checkpoints, with one printed line: the resumed run saves their steps
+    again. Nothing is moved when no checkpoint is readable.
+    """
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no complete checkpoint in {self.directory}")
-    errors = []
+    errors, unreadable = [], []
+
+    def skip(step, where, e):
+      # orbax's messages may span lines; the warning is one.
+      errors.append(" ".join(f"{where}: {type(e).__name__}: {e}".split()))
+      unreadable.append(step)
+
     for step in reversed(steps):
       where = os.path.join(self.directory, str(step))
       try:
@@ -157,7 +172,7 @@ class Checkpoints:
         if metadata["state"] is None:
           raise ValueError("no learner state")
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"{where}: {type(e).__name__}: {e}")
+        skip(step, where, e)
         continue
       _check_matches(metadata["state"], jax.device_get(like_state),
                      "learner state", where)
@@ -170,15 +185,37 @@ class Checkpoints:
         restored = self._manager.restore(step,
                                          args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"{where}: {type(e).__name__}: {e}")
+        skip(step, where, e)
         continue  # An unreadable (e.g. truncated) checkpoint: try older.
       if errors:
-        print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}",
-              flush=True)
+        moved = ""
+        if set_aside_unreadable:
+          aside = self._set_aside(unreadable)
+          moved = f", moved to {aside}{os.sep}"
+        print(f"warning: skipped unreadable checkpoint(s){moved}: "
+              f"{'; '.join(errors)}", flush=True)
       replay = restored["replay"] if "replay" in items else None
       arrays = dict(restored["arrays"]) if "arrays" in items else {}
       return step, restored["state"], restored["loop"], arrays, replay
     raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+
+  def _set_aside(self, steps) -> str:
+    """Moves the folders of `steps` out of the manager's folder; returns
+    where to. A step set aside before keeps its folder: the new one gets a
+    suffix."""
+    aside = os.path.join(os.path.dirname(self.directory), UNREADABLE_DIR)
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      target, copy = os.path.join(aside, str(step)), 1
+      while os.path.exists(target):
+        target, copy = os.path.join(aside, f"{step}.{copy}"), copy + 1
+      # A rename within the run folder: atomic, and the data stays intact
+      # for whoever wants to look at it.
+      os.rename(os.path.join(self.directory, str(step)), target)
+    # The manager caches its steps: without this it would still list (and
+    # later try to delete) the ones moved.
+    self._manager.reload()
+    return aside
 
   def close(self):
     self._manager.close()
@@ -200,7 +237,8 @@ def load_train_state(run_dir: str, like):
   if os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
     checkpoints = Checkpoints(run_dir)
     try:
-      return checkpoints.restore(like)[1]
+      # Only reads: the run may still be training into that folder.
+      return checkpoints.restore(like, set_aside_unreadable=False)[1]
     finally:
       checkpoints.close()
   legacy = os.path.abspath(os.path.join(run_dir, LEGACY_DIR))
