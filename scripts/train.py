@@ -93,4 +93,9 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  code = main(sys.argv[1:])
+  # The run is saved: a Ctrl-C now would only kill the interpreter's
+  # shutdown with a signal instead of this exit code.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  sys.exit(code)
