@@ -19,6 +19,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from muesli_jax.hparams import NetworkHparams
+
 Array = chex.Array
 
 
@@ -252,59 +254,43 @@ class MuesliNetworks(NamedTuple):
 
 
 def make_networks(
+    hparams: NetworkHparams,
     observation_shape: Tuple[int, ...],
     num_actions: int,
-    num_bins: int,
-    hidden_size: int = 256,
-    num_blocks: int = 2,
-    head_size: int = 128,
-    torso: str = "mlp",
-    dynamics_core: str = "mlp",
-    observation_scale: float = 1.0,
-    conv_channels: Sequence[int] = (16, 32, 32),
-    conv_blocks: int = 2,
     action_dim: int = 0,
-    policy_init_std: float = 0.5,
-    policy_min_std: float = 0.01,
-    policy_squash: bool = False,
+    observation_scale: float = 1.0,
 ) -> MuesliNetworks:
   """Builds the representation, dynamics and prediction networks.
 
   Args:
+    hparams: their sizes and kinds: the torso ("mlp" for vector
+      observations, "conv" a small ResNet or "dqn" DQN's three strided convs
+      for pixels), the dynamics core ("mlp", or "lstm" whose cell state is
+      the second half of the hidden state, so every function keeps one
+      array), `N = num_bins` of the value and reward heads, and the Gaussian
+      policy's std at init, its floor and its squashing.
     observation_shape: shape of one (stacked) observation, no batch dim.
     num_actions: `A`.
-    num_bins: `N`, bins of the categorical value and reward heads.
-    hidden_size: width of the hidden state.
-    num_blocks: residual blocks in the torso and in the dynamics.
-    head_size: width of the policy/value/reward heads' hidden layer.
-    torso: "mlp" (vector observations), "conv" (pixels: a small ResNet) or
-      "dqn" (pixels: DQN's three strided convs, for a CPU).
-    dynamics_core: "mlp" or "lstm" (the LSTM's cell state is the second half
-      of the hidden state, so every function keeps one array).
-    observation_scale: observations (e.g. uint8 frames) are cast to float32
-      and divided by this inside the jitted functions, so the replay and the
-      host-to-device copies keep the compact dtype.
-    conv_channels: channels of the conv torso's sections.
-    conv_blocks: residual blocks in each section of the conv torso.
     action_dim: `D > 0` for continuous actions in [-1, 1]^D (then
       `num_actions` is ignored): a Gaussian policy head, and the dynamics
       take the action vector (clipped to [-1, 1] as the env clips it).
-    policy_init_std, policy_min_std: the Gaussian's std at init and its
-      floor.
-    policy_squash: continuous actions are `tanh(u)`, `u` Gaussian (as in
-      SAC), rather than Gaussian samples that the env clips.
+    observation_scale: the env's; `hparams.observation_scale`, where set,
+      overrides it. Observations (e.g. uint8 frames) are cast to float32 and
+      divided by it inside the jitted functions, so the replay and the
+      host-to-device copies keep the compact dtype.
   """
   if action_dim < 0:
     raise ValueError(f"action_dim must be >= 0, got {action_dim}")
   if action_dim:
     num_actions = 0
-    if not 0 < policy_min_std < policy_init_std:
-      raise ValueError("need 0 < policy_min_std < policy_init_std, got "
-                       f"{policy_min_std} and {policy_init_std}")
-  if torso not in ("mlp", "conv", "dqn"):
-    raise ValueError(f"unknown torso {torso!r}: expected mlp, conv or dqn")
-  if dynamics_core not in ("mlp", "lstm"):
-    raise ValueError(f"unknown dynamics {dynamics_core!r}: 'mlp' or 'lstm'")
+  hidden_size, num_blocks = hparams.hidden_size, hparams.num_blocks
+  head_size, num_bins = hparams.head_size, hparams.num_bins
+  torso, dynamics_core = hparams.torso, hparams.dynamics_core
+  conv_channels, conv_blocks = hparams.conv_channels, hparams.conv_blocks
+  policy_init_std = hparams.policy_init_std
+  policy_min_std = hparams.policy_min_std
+  policy_squash = hparams.policy_squash
+  observation_scale = hparams.observation_scale or observation_scale
 
   def head(out_size, name):
     return Head(head_size, out_size, name=name)

@@ -36,6 +36,7 @@ from tensorboardX import SummaryWriter
 
 from muesli_jax import checkpoint, envs as envs_lib, learner, networks as nets
 from muesli_jax import replay as replay_lib
+from muesli_jax import hparams as hparams_lib
 from muesli_jax.actor import Actor, restore_envs, snapshot_envs
 from muesli_jax.evaluation import Evaluator
 from muesli_jax.video import frame_strip
@@ -80,16 +81,10 @@ def stacked_shape(spec: envs_lib.EnvSpec, stack: int):
 
 
 def build_networks(config, spec: envs_lib.EnvSpec) -> nets.MuesliNetworks:
-  scale = config.observation_scale or spec.observation_scale
   return nets.make_networks(
-      stacked_shape(spec, config.stack), spec.num_actions, config.num_bins,
-      config.hidden_size, config.num_blocks, config.head_size, config.torso,
-      config.dynamics_core, observation_scale=scale,
-      conv_channels=tuple(config.conv_channels),
-      conv_blocks=config.conv_blocks, action_dim=spec.action_dim,
-      policy_init_std=config.policy_init_std,
-      policy_min_std=config.policy_min_std,
-      policy_squash=config.policy_squash)
+      hparams_lib.NetworkHparams.from_config(config),
+      stacked_shape(spec, config.stack), spec.num_actions, spec.action_dim,
+      spec.observation_scale)
 
 
 def process_seed(config) -> int:
@@ -188,12 +183,13 @@ def make_replay(config, spec: envs_lib.EnvSpec, verbose: bool = True,
           f"{config.num_envs} envs, frames {spec.observation_shape} "
           f"{spec.observation_dtype}, stack {config.stack} at sampling)",
           flush=True)
-  window = window_length(config.sequence_length, config.unroll_steps)
+  hparams = hparams_lib.ReplayHparams.from_config(config)
   return replay_lib.SequenceReplay(
-      config.replay_capacity, config.num_envs, spec.observation_shape,
-      spec.observation_dtype, spec.policy_size, window, config.discount,
-      config.value_target == "mc", config.seed if seed is None else seed,
-      stack=config.stack, action_dim=spec.action_dim)
+      hparams.capacity, config.num_envs, spec.observation_shape,
+      spec.observation_dtype, spec.policy_size, hparams.window,
+      hparams.discount, hparams.mc_returns,
+      config.seed if seed is None else seed, stack=hparams.stack,
+      action_dim=spec.action_dim)
 
 
 def replicas_identical(state) -> bool:
@@ -239,6 +235,7 @@ class DeviceUpdate:
     self.traces = 0
     num_devices = len(self.devices)
     check_batch_split(config, num_devices)
+    hparams = hparams_lib.LearnerHparams.from_config(config)
 
     def counted(update_fn):
       def traced_update(state, batch):
@@ -253,14 +250,14 @@ class DeviceUpdate:
       # Without `devices`, pmap maps over the devices of all processes
       # (`devices` would have to list them all, identically everywhere).
       self._update = jax.pmap(
-          counted(learner.make_update(networks, config, learner.AXIS)),
+          counted(learner.make_update(networks, hparams, learner.AXIS)),
           axis_name=learner.AXIS, donate_argnums=0)
     elif num_devices > 1:
       self._update = jax.pmap(
-          counted(learner.make_update(networks, config, learner.AXIS)),
+          counted(learner.make_update(networks, hparams, learner.AXIS)),
           axis_name=learner.AXIS, devices=self.devices, donate_argnums=0)
     else:
-      self._update = jax.jit(counted(learner.make_update(networks, config)),
+      self._update = jax.jit(counted(learner.make_update(networks, hparams)),
                              donate_argnums=0)
     if self.replicated:
       # The local part of the update's output sharding (over several
@@ -516,7 +513,9 @@ def setup(config, run_dir: str, resume: bool, progress: bool) -> Run:
     envs.close()
     raise
   networks = build_networks(config, spec)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(config.seed))
+  state = learner.init_state(networks,
+                             hparams_lib.LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(config.seed))
   actor = Actor(envs, networks, replay, config.stack, seed)
   checkpoints = None
   if index == 0:

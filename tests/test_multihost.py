@@ -21,6 +21,7 @@ import pytest
 
 from configs import cartpole
 from muesli_jax import checkpoint, envs as envs_lib, learner, training
+from muesli_jax.hparams import LearnerHparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small and short: most of a run is starting jax and compiling the update.
@@ -121,7 +122,8 @@ def _digest_of(run_dir) -> str:
   envs = envs_lib.make_vector_env(config, num_envs=1)
   networks = training.build_networks(config, envs_lib.env_spec(envs))
   envs.close()
-  init = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  init = learner.init_state(networks, LearnerHparams.from_config(config),
+                            jax.random.PRNGKey(0))
   return (training.params_digest(checkpoint.load_train_state(run_dir, init)),
           training.params_digest(init))
 
