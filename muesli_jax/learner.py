@@ -9,24 +9,29 @@ counts are `psum`ed over `AXIS`, so every device sees the loss of the global
 batch and the result equals the one-device update on the same batch.
 
 The update is built from module-level pure functions, in the order it runs:
-`prior_targets` (with `one_step_lookahead`, `value_targets`,
+`prior_targets` (with `lookahead_q`, `value_targets`,
 `mixed_prior_log_probs`) computes a `Targets` with the prior params; `loss`
 sums `policy_loss_term`, `model_loss_term`, `value_loss_term` and
 `reward_loss_term` over the masks of `unroll_masks`.
 
-Shapes: `B` sequences, `T` learning positions, `K` unroll steps,
-`W = T + K + 1` window steps, `A` actions, `N` support bins, `H` hidden size.
-
-Continuous actions (`networks.action_dim = D > 0`) follow the same steps
-with sampled CMPO (Muesli Sec. 4.2): at every state, `S =
+The policies are distributions (`networks.policy(policy_logits)`: `sample`,
+`log_prob`, `entropy`, `mode`, `lookahead_actions`). The one choice left is
+the estimator of pi_cmpo, made by `prior_targets` and followed by `loss`.
+A policy that can enumerate its actions (the categorical one) gets exact
+CMPO over all of them (Eq. 11-12); a continuous one (`networks.action_dim
+= D > 0`) sampled CMPO (Muesli Sec. 4.2): at every state, `S =
 hparams.action_samples` actions are drawn from the prior policy and looked
 ahead with the model; their normalised advantages weight them
 (`losses.sampled_cmpo_weights`) in the KL of the policy loss and of the
-model loss; Retrace's expectation of q under the prior is their mean.
+model loss (`sampled_policy_loss_term`, `sampled_model_loss_term`);
+Retrace's expectation of q under the prior is their mean.
+
+Shapes: `B` sequences, `T` learning positions, `K` unroll steps,
+`W = T + K + 1` window steps, `A` actions, `N` support bins, `H` hidden size.
 """
 
 import functools
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import chex
 import haiku as hk
@@ -36,7 +41,6 @@ import optax
 
 from muesli_jax import losses
 from muesli_jax.hparams import LearnerHparams
-from muesli_jax import networks as nets
 from muesli_jax.networks import MuesliNetworks
 from muesli_jax.types import Batch
 
@@ -162,8 +166,9 @@ def lookahead_q(networks: MuesliNetworks, params: hk.Params, hidden: Array,
   return q.reshape((B, W, M))
 
 
-def value_targets(hparams: LearnerHparams, batch: Batch, q_prior: Array,
-                  v_prior: Array, prior_logits: Array) -> Array:
+def value_targets(hparams: LearnerHparams, batch: Batch, q_taken: Array,
+                  expected_q: Array, v_prior: Array, log_pi_a: Array,
+                  log_mu_a: Array) -> Array:
   """Value targets `G` for steps 0..T+K-1, by `hparams.value_target`.
 
   "retrace" (Muesli Eq. 14, from the model's q and the value head), "nstep"
@@ -171,28 +176,25 @@ def value_targets(hparams: LearnerHparams, batch: Batch, q_prior: Array,
   episode's discounted return, `batch.mc_return`).
 
   Args:
-    hparams: needs `value_target`, `discount`, `retrace_lambda`.
+    hparams: the learner's.
     batch: the `[B, W]` windows.
-    q_prior: `[B, W, A]` prior one-step look-ahead.
+    q_taken: `[B, W]` prior look-ahead q of the action taken.
+    expected_q: `[B, W]` `E_prior[q]`: exact over all actions, or the mean
+      over actions sampled from the prior.
     v_prior: `[B, W]` prior values.
-    prior_logits: `[B, W, A]` prior policy logits.
+    log_pi_a, log_mu_a: `[B, W]` prior and behaviour log-probabilities of
+      the action taken.
 
   Returns:
     `[B, W-1]` targets, without gradient.
   """
-  if hparams.value_target == "retrace":
-    # Retrace assumes v = E_pi[q]; the model's q and the value head need
-    # not agree, and a gap between them compounds along the trace. Shift q
-    # per state so that its mean under the prior policy is v.
-    pi_prior = jax.nn.softmax(prior_logits)
-    q_consistent = q_prior + (
-        v_prior - jnp.sum(pi_prior * q_prior, -1))[..., None]
-    taken = lambda x: jnp.take_along_axis(x, batch.action[..., None],
-                                          -1)[..., 0]
-    return _retrace(hparams, batch, taken(q_consistent), v_prior,
-                    taken(jax.nn.log_softmax(prior_logits)),
-                    taken(jax.nn.log_softmax(batch.behaviour_logits)))
-  return _uncorrected_targets(hparams, batch, v_prior)
+  if hparams.value_target != "retrace":
+    return _uncorrected_targets(hparams, batch, v_prior)
+  # Retrace assumes v = E_pi[q]; the model's q and the value head need
+  # not agree, and a gap between them compounds along the trace. Shift q
+  # per state so that its mean under the prior policy is v.
+  q_consistent = q_taken + (v_prior - expected_q)
+  return _retrace(hparams, batch, q_consistent, v_prior, log_pi_a, log_mu_a)
 
 
 def _retrace(hparams: LearnerHparams, batch: Batch, q_taken: Array,
@@ -219,30 +221,6 @@ def _uncorrected_targets(hparams: LearnerHparams, batch: Batch,
   return batch.mc_return[:, :-1]
 
 
-def sampled_value_targets(hparams: LearnerHparams, batch: Batch, q_taken: Array,
-                          q_samples: Array, v_prior: Array, log_pi_a: Array,
-                          log_mu_a: Array) -> Array:
-  """`value_targets` for continuous actions: `E_prior[q]` is estimated by
-  the mean of q over actions sampled from the prior.
-
-  Args:
-    hparams, batch: as in `value_targets`.
-    q_taken: `[B, W]` prior look-ahead of the action taken.
-    q_samples: `[B, W, S]` prior look-ahead of the prior's samples.
-    v_prior: `[B, W]` prior values.
-    log_pi_a, log_mu_a: `[B, W]` prior and behaviour log-densities of the
-      action taken.
-
-  Returns:
-    `[B, W-1]` targets, without gradient.
-  """
-  if hparams.value_target != "retrace":
-    return _uncorrected_targets(hparams, batch, v_prior)
-  # As in `value_targets`: shift q so that its mean under the prior is v.
-  q_consistent = q_taken + v_prior - jnp.mean(q_samples, axis=-1)
-  return _retrace(hparams, batch, q_consistent, v_prior, log_pi_a, log_mu_a)
-
-
 def mixed_prior_log_probs(hparams: LearnerHparams, prior_logits: Array,
                           behaviour_logits: Array) -> Array:
   """`[..., A]` `losses.prior_mixture_log_probs` with the weights of
@@ -261,38 +239,64 @@ def prior_targets(networks: MuesliNetworks, hparams: LearnerHparams,
                   ) -> Tuple[Targets, losses.AdvNormState]:
   """Everything computed with the prior params: returns, advantages, CMPO.
 
+  From every state of the window the prior policy's `lookahead_actions` are
+  looked ahead with the model (Eq. 14). A policy that can enumerate its
+  actions (`enumerable`, the categorical one) gives all `A` of them and
+  exact CMPO over them (Eq. 11-12, with the prior mixture of App. F.2).
+  Otherwise (continuous actions) `S = hparams.action_samples` actions are
+  drawn from the prior with `rng` and give sampled CMPO (Sec. 4.2): their
+  normalised advantages weight them (`losses.sampled_cmpo_weights`) and
+  Retrace's `E_prior[q]` is their mean.
+
   Also advances the advantage normaliser (Muesli Sec. 4.5) with this batch's
   `E[(G - v_prior)^2]`, over all devices when `axis_name` is given.
   `support` defaults to the one of `hparams` (see `make_update` for why it
-  passes its own). Continuous actions (`sampled_prior_targets`) need `rng`.
+  passes its own).
   """
   if support is None:
     support = _support(networks, hparams)
-  if networks.action_dim:
-    if rng is None:
-      raise ValueError("continuous actions need an rng for the prior's "
-                       "samples")
-    return sampled_prior_targets(networks, hparams, target_params, batch,
-                                 adv_norm, rng, axis_name, support)
   hidden = _flat_apply(networks.represent, target_params, batch.observation)
   prior = _flat_apply(networks.predict, target_params, hidden)
   v_prior = losses.categorical_to_scalar(prior.value_logits, support)
-  q_prior = one_step_lookahead(networks, target_params, hidden,
-                               hparams.discount, support)
-  returns = value_targets(hparams, batch, q_prior, v_prior,
-                          prior.policy_logits)
+  prior_pi = networks.policy(prior.policy_logits)
+  candidates = prior_pi.lookahead_actions(rng, hparams.action_samples)
+  M = candidates.shape[2]
+  taken = batch.action[:, :, None]
+  # The look-ahead (Eq. 14): M dynamics steps a state, and the taken action.
+  if prior_pi.enumerable:  # The taken action is one of the candidates.
+    q_prior = lookahead_q(networks, target_params, hidden, candidates,
+                          hparams.discount, support)  # [B, W, A]
+    q_taken = jnp.take_along_axis(q_prior, taken, -1)[..., 0]
+    expected_q = jnp.sum(prior_pi.probs() * q_prior, -1)
+  else:
+    q_all = lookahead_q(networks, target_params, hidden,
+                        jnp.concatenate([candidates, taken], 2),
+                        hparams.discount, support)
+    q_prior, q_taken = q_all[..., :M], q_all[..., M]  # [B, W, S], [B, W]
+    expected_q = jnp.mean(q_prior, axis=-1)
+  behaviour_pi = networks.policy(batch.behaviour_logits)
+  returns = value_targets(hparams, batch, q_taken, expected_q, v_prior,
+                          prior_pi.log_prob(batch.action),
+                          behaviour_pi.log_prob(batch.action))
   pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
       hparams, batch, returns, v_prior, adv_norm, axis_name)
-  all_adv = losses.all_action_advantages(q_prior, v_prior, sigma)
-
-  cmpo_logits = losses.cmpo_policy_logits(
-      mixed_prior_log_probs(hparams, prior.policy_logits,
-                            batch.behaviour_logits),
-      all_adv, hparams.cmpo_clip)
-  targets = Targets(returns=returns, pg_adv=pg_adv, cmpo_logits=cmpo_logits,
+  adv = losses.all_action_advantages(q_prior, v_prior, sigma)  # [B, W, M]
+  targets = Targets(returns=returns, pg_adv=pg_adv, cmpo_logits=None,
                     v_prior=v_prior, sigma=sigma, adv_mask=adv_mask,
                     q_prior=q_prior)
-  return targets, adv_norm
+  # pi_cmpo: exact over all actions, or sampled.
+  if prior_pi.enumerable:
+    return targets._replace(cmpo_logits=losses.cmpo_policy_logits(
+        mixed_prior_log_probs(hparams, prior.policy_logits,
+                              batch.behaviour_logits),
+        adv, hparams.cmpo_clip)), adv_norm
+  log_prior = networks.policy(prior.policy_logits[:, :, None]).log_prob(
+      candidates)  # [B, W, S]
+  return targets._replace(
+      sample_actions=candidates,
+      sample_weights=losses.sampled_cmpo_weights(adv, hparams.cmpo_clip),
+      sample_log_cmpo=losses.sampled_cmpo_log_probs(
+          log_prior, adv, hparams.cmpo_clip)), adv_norm
 
 
 def _taken_advantages(hparams: LearnerHparams, batch: Batch, returns: Array,
@@ -311,52 +315,6 @@ def _taken_advantages(hparams: LearnerHparams, batch: Batch, returns: Array,
   return pg_adv, adv_mask, adv_norm, losses.advantage_scale(adv_norm)
 
 
-def sampled_prior_targets(networks: MuesliNetworks, hparams: LearnerHparams,
-                          target_params: hk.Params, batch: Batch,
-                          adv_norm: losses.AdvNormState, rng: Array,
-                          axis_name: Optional[str], support: Array
-                          ) -> Tuple[Targets, losses.AdvNormState]:
-  """`prior_targets` for continuous actions (sampled CMPO, Muesli Sec. 4.2).
-
-  At every state of the window, `S = hparams.action_samples` actions are
-  drawn from the prior (target-network) policy and looked ahead with the
-  model, together with the action taken (`S + 1` dynamics steps a state).
-  The samples' normalised advantages give their CMPO weights
-  (`losses.sampled_cmpo_weights`) and log pi_cmpo
-  (`losses.sampled_cmpo_log_probs`); the prior mixture of App. F.2 applies
-  to discrete actions only.
-  """
-  S = hparams.action_samples
-  hidden = _flat_apply(networks.represent, target_params, batch.observation)
-  prior = _flat_apply(networks.predict, target_params, hidden)
-  v_prior = losses.categorical_to_scalar(prior.value_logits, support)
-  squash = networks.squash
-  samples = nets.gaussian_sample(rng, prior.policy_logits, S,
-                                 squash)  # [B, W, S, D]
-  q_all = lookahead_q(networks, target_params, hidden,
-                      jnp.concatenate([samples, batch.action[:, :, None]], 2),
-                      hparams.discount, support)
-  q_samples, q_taken = q_all[..., :S], q_all[..., S]
-  log_pi_a = nets.gaussian_log_prob(prior.policy_logits, batch.action, squash)
-  log_mu_a = nets.gaussian_log_prob(batch.behaviour_logits, batch.action,
-                                    squash)
-  returns = sampled_value_targets(hparams, batch, q_taken, q_samples, v_prior,
-                                  log_pi_a, log_mu_a)
-  pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
-      hparams, batch, returns, v_prior, adv_norm, axis_name)
-  sample_adv = losses.all_action_advantages(q_samples, v_prior, sigma)
-  log_prior = nets.gaussian_log_prob(prior.policy_logits[:, :, None], samples,
-                                     squash)
-  targets = Targets(
-      returns=returns, pg_adv=pg_adv, cmpo_logits=None, v_prior=v_prior,
-      sigma=sigma, adv_mask=adv_mask, q_prior=q_samples,
-      sample_actions=samples,
-      sample_weights=losses.sampled_cmpo_weights(sample_adv, hparams.cmpo_clip),
-      sample_log_cmpo=losses.sampled_cmpo_log_probs(log_prior, sample_adv,
-                                                    hparams.cmpo_clip))
-  return targets, adv_norm
-
-
 def unroll_masks(batch: Batch, K: int, T: int) -> Tuple[Array, Array]:
   """Which model steps have a real target: `(valid, absorbing)`, `[B, T, K+1]`.
 
@@ -372,35 +330,60 @@ def unroll_masks(batch: Batch, K: int, T: int) -> Tuple[Array, Array]:
   return valid, absorbing
 
 
+def _without_unknown_pg(hparams: LearnerHparams, pg: Array,
+                        extras: Dict[str, Array], batch: Batch) -> Array:
+  """With the "mc" target, positions whose return is unknown get no policy
+  gradient (the KL to pi_cmpo stays)."""
+  if hparams.value_target != "mc":
+    return pg
+  T = pg.shape[1]
+  return pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
+
+
 def policy_loss_term(hparams: LearnerHparams, policy_logits: Array,
-                     batch: Batch, targets: Targets, squash: bool = False
+                     batch: Batch, targets: Targets
                      ) -> Tuple[Array, Dict[str, Array]]:
-  """L_pg+cmpo at k = 0 (Muesli Sec. 4, Eq. 9): `([B, T] loss, extras)`.
+  """L_pg+cmpo at k = 0 (Muesli Sec. 4, Eq. 9) with exact CMPO: `([B, T]
+  loss, extras)`.
 
   `policy_logits` are the online `[B, T, A]` logits at the real states; with
   the "mc" target, positions whose return is unknown get no policy gradient
-  (the KL to pi_cmpo stays). `squash`: a tanh-squashed Gaussian policy.
+  (the KL to pi_cmpo stays).
   """
   T = policy_logits.shape[1]
-  if targets.cmpo_logits is None:  # Continuous actions: sampled CMPO.
-    action = batch.action[:, :T]
-    pg, extras = losses.sampled_policy_loss(
-        nets.gaussian_log_prob(policy_logits, action, squash),
-        nets.gaussian_log_prob(batch.behaviour_logits[:, :T], action, squash),
-        targets.pg_adv,
-        nets.gaussian_log_prob(policy_logits[:, :, None],
-                               targets.sample_actions[:, :T], squash),
-        targets.sample_weights[:, :T], targets.sample_log_cmpo[:, :T],
-        hparams.kl_weight, hparams.ratio_clip, hparams.policy_gradient)
-    extras["entropy"] = nets.gaussian_entropy(policy_logits)
-  else:
-    pg, extras = losses.policy_loss(
-        policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
-        targets.pg_adv, targets.cmpo_logits[:, :T], hparams.kl_weight,
-        hparams.ratio_clip, hparams.policy_gradient)
-  if hparams.value_target == "mc":
-    pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
-  return pg, extras
+  pg, extras = losses.policy_loss(
+      policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
+      targets.pg_adv, targets.cmpo_logits[:, :T], hparams.kl_weight,
+      hparams.ratio_clip, hparams.policy_gradient)
+  return _without_unknown_pg(hparams, pg, extras, batch), extras
+
+
+def sampled_policy_loss_term(hparams: LearnerHparams, policy: Callable,
+                             policy_logits: Array, batch: Batch,
+                             targets: Targets
+                             ) -> Tuple[Array, Dict[str, Array]]:
+  """`policy_loss_term` with sampled CMPO (Muesli Sec. 4.2): the KL to
+  pi_cmpo is estimated from the prior's samples (`losses.sampled_kl`).
+
+  Args:
+    hparams: the learner's.
+    policy: `networks.policy`, `[..., 2D]` -> the policy distribution.
+    policy_logits: the online `[B, T, 2D]` policy at the real states.
+    batch, targets: with `sample_actions`, `sample_weights` and
+      `sample_log_cmpo`.
+  """
+  T = policy_logits.shape[1]
+  action = batch.action[:, :T]
+  pi = policy(policy_logits)
+  pg, extras = losses.sampled_policy_loss(
+      pi.log_prob(action), policy(batch.behaviour_logits[:, :T]).log_prob(
+          action), targets.pg_adv,
+      policy(policy_logits[:, :, None]).log_prob(
+          targets.sample_actions[:, :T]),
+      targets.sample_weights[:, :T], targets.sample_log_cmpo[:, :T],
+      hparams.kl_weight, hparams.ratio_clip, hparams.policy_gradient)
+  extras["entropy"] = pi.entropy()
+  return _without_unknown_pg(hparams, pg, extras, batch), extras
 
 
 def model_loss_term(model_logits: Array, cmpo_logits: Array,
@@ -420,24 +403,24 @@ def model_loss_term(model_logits: Array, cmpo_logits: Array,
   return losses.model_policy_loss(model_logits, cmpo_k, valid[..., 1:])
 
 
-def sampled_model_loss_term(model_policy: Array, targets: Targets,
-                            valid: Array, squash: bool = False) -> Array:
-  """L_m for continuous actions: `model_loss_term` with the KL to pi_cmpo
-  at `s_{t+k}` estimated from the prior's samples there (`losses.sampled_kl`).
+def sampled_model_loss_term(policy: Callable, model_policy: Array,
+                            targets: Targets, valid: Array) -> Array:
+  """L_m with sampled CMPO: `model_loss_term` with the KL to pi_cmpo at
+  `s_{t+k}` estimated from the prior's samples there (`losses.sampled_kl`).
 
   Args:
-    model_policy: `[B, T, K, 2D]` Gaussian policy after unrolling k = 1..K.
+    policy: `networks.policy`, `[..., 2D]` -> the policy distribution.
+    model_policy: `[B, T, K, 2D]` policy after unrolling k = 1..K.
     targets: with `sample_actions`, `sample_weights`, `sample_log_cmpo`.
     valid: `[B, T, K+1]` from `unroll_masks`.
-    squash: a tanh-squashed Gaussian policy.
 
   Returns:
     `[B, T]`, the masked sum over k divided by K.
   """
   T, K = model_policy.shape[1:3]
   at_k = lambda x: _sliding(x[:, 1:], K, T)  # [B, T, K, S, ...] at s_{t+k}
-  log_probs = nets.gaussian_log_prob(model_policy[..., None, :],
-                                     at_k(targets.sample_actions), squash)
+  log_probs = policy(model_policy[..., None, :]).log_prob(
+      at_k(targets.sample_actions))
   kl = losses.sampled_kl(log_probs, at_k(targets.sample_weights),
                          at_k(targets.sample_log_cmpo))  # [B, T, K]
   return jnp.sum(kl * valid[..., 1:], axis=-1) / K
@@ -518,14 +501,15 @@ def loss(networks: MuesliNetworks, hparams: LearnerHparams, params: hk.Params,
   def mean(x):
     return jnp.sum(x * position) / count
 
-  pg, extras = policy_loss_term(hparams, out0.policy_logits, batch, targets,
-                                networks.squash)
-  if targets.cmpo_logits is None:
-    model_policy = sampled_model_loss_term(outk.policy_logits, targets, valid,
-                                           networks.squash)
-  else:
+  if targets.cmpo_logits is not None:  # Exact CMPO (see `prior_targets`).
+    pg, extras = policy_loss_term(hparams, out0.policy_logits, batch, targets)
     model_policy = model_loss_term(outk.policy_logits, targets.cmpo_logits,
                                    valid)
+  else:
+    pg, extras = sampled_policy_loss_term(hparams, networks.policy,
+                                          out0.policy_logits, batch, targets)
+    model_policy = sampled_model_loss_term(networks.policy, outk.policy_logits,
+                                           targets, valid)
   value = value_loss_term(
       out0.value_logits, outk.value_logits, targets.returns, valid, absorbing,
       support, batch.mc_valid if hparams.value_target == "mc" else None)
@@ -566,13 +550,12 @@ def make_update(networks: MuesliNetworks, hparams: LearnerHparams,
                      has_aux=True)
 
   def update(state: TrainState, batch: Batch) -> Tuple[TrainState, Dict]:
-    rng = None
-    if networks.action_dim:
-      # The prior's samples: a function of the step (and the device), so a
-      # resumed run draws the same ones.
-      rng = jax.random.fold_in(jax.random.PRNGKey(hparams.seed), state.step)
-      if axis_name:
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    # The prior's samples, where it has to sample its look-ahead actions: a
+    # function of the step (and the device), so a resumed run draws the
+    # same ones. Unused (and compiled away) for discrete actions.
+    rng = jax.random.fold_in(jax.random.PRNGKey(hparams.seed), state.step)
+    if axis_name:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     targets, adv_norm = prior_targets(networks, hparams, state.target_params,
                                       batch, state.adv_norm, axis_name,
                                       support, rng)

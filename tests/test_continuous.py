@@ -165,7 +165,7 @@ def test_squashed_gaussian_is_the_density_of_tanh_of_a_gaussian():
   edge = nets.gaussian_log_prob(policy, jnp.ones(2), squash=True)
   assert np.isfinite(edge)
   np.testing.assert_allclose(
-      nets.greedy_actions(policy, 2, squash=True), np.tanh(mean), rtol=1e-6)
+      nets.Gaussian(policy, squash=True).mode(), np.tanh(mean), rtol=1e-6)
 
 
 def test_squashed_head_keeps_its_pre_tanh_mean_bounded_and_differentiable():
