@@ -131,13 +131,16 @@ class Categorical:
                                actions[..., None], axis=-1)[..., 0]
 
   def probs(self) -> Array:
+    """`[..., A]` pi(a) of every action."""
     return jax.nn.softmax(self.logits)
 
   def entropy(self) -> Array:
+    """`[...]`, as `losses.policy_loss` computes it."""
     log_pi = jax.nn.log_softmax(self.logits)
     return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
 
   def mode(self) -> Array:
+    """`[...]` the most likely actions."""
     return jnp.argmax(self.logits, axis=-1)
 
   def lookahead_actions(self, rng: Array, num: int) -> Array:
@@ -170,10 +173,12 @@ class Gaussian:
     return gaussian_log_prob(self.params, actions, self.squash)
 
   def entropy(self) -> Array:
+    """`[...]`; of the pre-tanh Gaussian with `squash` (`gaussian_entropy`)."""
     return gaussian_entropy(self.params)
 
   def mode(self) -> Array:
-    """The mean, or its tanh (kept inside (-1, 1)) with `squash`."""
+    """`[..., D]` the mean, or its tanh (kept inside (-1, 1)) with
+    `squash`."""
     mean = gaussian_params(self.params)[0]
     return _squash(mean) if self.squash else mean
 
