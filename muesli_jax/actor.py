@@ -12,7 +12,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from muesli_jax.networks import MuesliNetworks, sample_actions
+from muesli_jax.networks import MuesliNetworks
 from muesli_jax.replay import SequenceReplay
 from muesli_jax.types import FrameStack  # noqa: F401
 
@@ -26,8 +26,7 @@ def make_policy_step(networks: MuesliNetworks):
     rng = jax.random.fold_in(rng, step)  # No host-side key splitting per step.
     hidden = networks.represent(params, observation)
     logits = networks.predict(params, hidden).policy_logits
-    return sample_actions(rng, logits, networks.action_dim,
-                          networks.squash), logits
+    return networks.policy(logits).sample(rng), logits
 
   return policy_step
 

@@ -66,6 +66,7 @@ import numpy as np
 from muesli_jax import builder, learner, placement, run_record, types
 from muesli_jax.actor import make_policy_step
 from muesli_jax.errors import ConfigError, UnknownEnvError
+from muesli_jax.hparams import LearnerHparams
 
 GYMNAX_PREFIX = "gymnax:"
 Array = jax.Array
@@ -328,7 +329,8 @@ class Anakin:
     spec = env_spec(env, env_params)
     window = window_length(config)
     axis = learner.AXIS if num_devices > 1 else None
-    self._update = placement.Traced(learner.make_update(networks, config,
+    hparams = LearnerHparams.from_config(config)
+    self._update = placement.Traced(learner.make_update(networks, hparams,
                                                         axis))
     reset, actor_step = make_actor(env, env_params, networks)
     envs, batch = self.envs_per_device, self.batch_per_device
@@ -346,7 +348,7 @@ class Anakin:
     def start(rng):
       """A new run's carry after the warm-up, and the warm-up's episodes."""
       # The same params on every device (the seed, not the device's key).
-      train = learner.init_state(networks, config,
+      train = learner.init_state(networks, hparams,
                                  jax.random.PRNGKey(config.seed))
       rng, reset_key, act_key = jax.random.split(rng, 3)
       replay = init_replay(config.replay_capacity, envs,

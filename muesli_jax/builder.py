@@ -12,6 +12,7 @@ import jax
 
 from muesli_jax import checkpoint, distributed, learner, placement
 from muesli_jax import envs as envs_lib
+from muesli_jax import hparams as hparams_lib
 from muesli_jax import networks as nets
 from muesli_jax import replay as replay_lib
 from muesli_jax import resume as resume_lib
@@ -25,16 +26,10 @@ from muesli_jax.types import EnvSpec, stacked_shape, window_length
 def build_networks(config, spec: EnvSpec) -> nets.MuesliNetworks:
   """The networks for `spec`'s observations (stacked `config.stack` times)
   and actions."""
-  scale = config.observation_scale or spec.observation_scale
   return nets.make_networks(
+      hparams_lib.NetworkHparams.from_config(config),
       stacked_shape(spec.observation_shape, config.stack), spec.num_actions,
-      config.num_bins, config.hidden_size, config.num_blocks,
-      config.head_size, config.torso, config.dynamics_core,
-      observation_scale=scale, conv_channels=tuple(config.conv_channels),
-      conv_blocks=config.conv_blocks, action_dim=spec.action_dim,
-      policy_init_std=config.policy_init_std,
-      policy_min_std=config.policy_min_std,
-      policy_squash=config.policy_squash)
+      spec.action_dim, spec.observation_scale)
 
 
 def available_memory_bytes() -> int:
@@ -70,12 +65,12 @@ def make_replay(config, spec: EnvSpec, verbose: bool = True,
           f"{config.num_envs} envs, frames {spec.observation_shape} "
           f"{spec.observation_dtype}, stack {config.stack} at sampling)",
           flush=True)
+  hparams = hparams_lib.ReplayHparams.from_config(config)
   return replay_lib.SequenceReplay(
-      config.replay_capacity, config.num_envs, spec.observation_shape,
-      spec.observation_dtype, spec.policy_size,
-      window_length(config.sequence_length, config.unroll_steps),
-      config.discount, config.value_target == "mc",
-      config.seed if seed is None else seed, stack=config.stack,
+      hparams.capacity, config.num_envs, spec.observation_shape,
+      spec.observation_dtype, spec.policy_size, hparams.window,
+      hparams.discount, hparams.mc_returns,
+      config.seed if seed is None else seed, stack=hparams.stack,
       action_dim=spec.action_dim)
 
 
@@ -181,7 +176,8 @@ def setup(config, run_dir: str, resume_run: bool, progress: bool) -> Run:
     if not resume_run or index > 0:
       run_record.make_run_dir(own_dir)
     networks = build_networks(config, spec)
-    state = learner.init_state(networks, config,
+    learner_hparams = hparams_lib.LearnerHparams.from_config(config)
+    state = learner.init_state(networks, learner_hparams,
                                jax.random.PRNGKey(config.seed))
     actor = Actor(envs, networks, replay, config.stack, seed)
     if index == 0:
@@ -204,7 +200,8 @@ def setup(config, run_dir: str, resume_run: bool, progress: bool) -> Run:
   # Written once the checkpoint is known to match: a resume with overrides
   # (e.g. a longer run) records them.
   run_record.write_config(own_dir, config)
-  update = placement.DeviceUpdate(networks, config)
+  update = placement.DeviceUpdate(networks, learner_hparams,
+                                  config.batch_size)
   evaluator = None
   if config.eval_interval > 0 and index == 0:
     evaluator = Evaluator(config, networks, config.eval_episodes,

@@ -20,7 +20,7 @@ CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 
 
 from muesli_jax.errors import ConfigError  # noqa: F401  (raised here)
-from muesli_jax.types import window_length
+from muesli_jax import hparams
 
 
 def resolve_config_path(path: str) -> str:
@@ -197,11 +197,13 @@ def parse_resume_args(argv: Sequence[str]):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks values that would otherwise fail deep inside JAX or gymnasium."""
-  positive = ["learning_rate", "batch_size", "num_envs", "total_env_steps",
-              "sequence_length", "unroll_steps", "steps_per_update",
-              "replay_capacity", "hidden_size", "num_bins", "stack",
-              "frame_size"]
+  """Checks values that would otherwise fail deep inside JAX or gymnasium.
+
+  The learner's, the networks' and the replay's own rules are checked by
+  building their hyperparameters (`muesli_jax.hparams`); the rest here.
+  """
+  # The run's length and pace (which the learning rate's decay also needs).
+  positive = ["num_envs", "total_env_steps", "steps_per_update", "frame_size"]
   for key in positive:
     if key in config and not config[key] > 0:
       raise ConfigError(f"{key} must be positive, got {config[key]}")
@@ -212,43 +214,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("keep_checkpoints", "eval_episodes"):
     if key in config and config[key] < 1:
       raise ConfigError(f"{key} must be at least 1, got {config[key]}")
-  unit = ["discount", "replay_proportion", "target_update_rate",
-          "retrace_lambda", "adv_norm_decay"]
-  for key in unit:
-    if key in config and not 0.0 <= config[key] <= 1.0:
-      raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
-  if config.value_target not in ("retrace", "nstep", "mc"):
-    raise ConfigError(f"value_target must be retrace, nstep or mc, got "
-                      f"{config.value_target!r}")
-  if "policy_gradient" in config:
-    from muesli_jax.losses import POLICY_GRADIENT_FORMS  # imports jax
-    if config.policy_gradient not in POLICY_GRADIENT_FORMS:
-      raise ConfigError(f"policy_gradient must be one of "
-                        f"{', '.join(POLICY_GRADIENT_FORMS)}, got "
-                        f"{config.policy_gradient!r}")
-  if "torso" in config and config.torso not in ("mlp", "conv", "dqn"):
-    raise ConfigError(f"torso must be mlp, conv or dqn, got "
-                      f"{config.torso!r}")
-  if "dynamics_core" in config and config.dynamics_core not in ("mlp", "lstm"):
-    raise ConfigError(f"dynamics_core must be mlp or lstm, got "
-                      f"{config.dynamics_core!r}")
-  if "conv_channels" in config and (
-      not config.conv_channels or
-      not all(isinstance(c, int) and c > 0 for c in config.conv_channels)):
-    raise ConfigError(f"conv_channels must be positive ints, got "
-                      f"{config.conv_channels!r}")
   if "sticky_actions" in config and not 0.0 <= config.sticky_actions <= 1.0:
     raise ConfigError(f"sticky_actions must be in [0, 1], got "
                       f"{config.sticky_actions}")
   if "actor_device" in config and config.actor_device not in ("", "cpu"):
     raise ConfigError(f"actor_device must be \"\" (jax's default device) or "
                       f"cpu, got {config.actor_device!r}")
-  if config.value_min >= config.value_max:
-    raise ConfigError("value_min must be below value_max")
-  window = window_length(config.sequence_length, config.unroll_steps)
-  if config.replay_capacity < window + config.warmup_steps:
-    raise ConfigError(f"replay_capacity ({config.replay_capacity}) must hold "
-                      f"warmup_steps + one window ({window}) steps")
   if "num_processes" in config:
     if config.num_processes < 0:
       raise ConfigError(f"num_processes must be >= 0 (0: from the "
@@ -257,14 +228,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                   config.process_id >= config.num_processes):
       raise ConfigError(f"process_id must be in [0, num_processes) (-1: from "
                         f"the environment), got {config.process_id}")
-  if "action_samples" in config and config.action_samples < 1:
-    raise ConfigError(f"action_samples must be at least 1, got "
-                      f"{config.action_samples}")
-  if "policy_min_std" in config and not (
-      0.0 < config.policy_min_std < config.policy_init_std):
-    raise ConfigError(f"need 0 < policy_min_std < policy_init_std, got "
-                      f"{config.policy_min_std} and {config.policy_init_std}")
-  mix = (config.prior_mix_target + config.prior_mix_behaviour +
-         config.prior_mix_uniform)
-  if abs(mix - 1.0) > 1e-6:
-    raise ConfigError(f"prior_mix_* must sum to 1, got {mix}")
+  hparams.LearnerHparams.from_config(config)
+  hparams.NetworkHparams.from_config(config)
+  hparams.ReplayHparams.from_config(config)

@@ -24,7 +24,6 @@ import jax
 import numpy as np
 
 from muesli_jax import envs as envs_lib
-from muesli_jax import networks as nets
 from muesli_jax.types import FrameStack
 from muesli_jax.networks import MuesliNetworks
 
@@ -144,12 +143,11 @@ class Evaluator:
       self._traces += 1  # Runs only while tracing.
       hidden = networks.represent(params, observation)
       logits = networks.predict(params, hidden).policy_logits
+      policy = networks.policy(logits)
       if greedy:
-        return nets.greedy_actions(logits, networks.action_dim,
-                                   networks.squash)
+        return policy.mode()
       # Folding in the step number avoids host-side key splitting per step.
-      return nets.sample_actions(jax.random.fold_in(rng, step), logits,
-                                 networks.action_dim, networks.squash)
+      return policy.sample(jax.random.fold_in(rng, step))
 
     self._act = jax.jit(act)
 

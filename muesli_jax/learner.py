@@ -1,31 +1,37 @@
 """The Muesli learner: a `TrainState` pytree and a pure `update` function.
 
 Hessel et al. 2021, "Muesli: Combining Improvements in Policy Optimization"
-(arXiv 2104.06159). `make_update(networks, config)` returns
+(arXiv 2104.06159). `make_update(networks, hparams)`, with the
+`hparams.LearnerHparams` of the run, returns
 `update(state, batch) -> (state, metrics)`. Wrap it in `jax.jit` on one
 device, or in `jax.pmap(update, axis_name=AXIS)` over several: sums and
 counts are `psum`ed over `AXIS`, so every device sees the loss of the global
 batch and the result equals the one-device update on the same batch.
 
 The update is built from module-level pure functions, in the order it runs:
-`prior_targets` (with `one_step_lookahead`, `value_targets`,
+`prior_targets` (with `lookahead_q`, `value_targets`,
 `mixed_prior_log_probs`) computes a `Targets` with the prior params; `loss`
 sums `policy_loss_term`, `model_loss_term`, `value_loss_term` and
 `reward_loss_term` over the masks of `unroll_masks`.
 
-Shapes: `B` sequences, `T` learning positions, `K` unroll steps,
-`W = T + K + 1` window steps, `A` actions, `N` support bins, `H` hidden size.
-
-Continuous actions (`networks.action_dim = D > 0`) follow the same steps
-with sampled CMPO (Muesli Sec. 4.2): at every state, `S =
-config.action_samples` actions are drawn from the prior policy and looked
+The policies are distributions (`networks.policy(policy_logits)`: `sample`,
+`log_prob`, `entropy`, `mode`, `lookahead_actions`). The one choice left is
+the estimator of pi_cmpo, made by `prior_targets` and followed by `loss`.
+A policy that can enumerate its actions (the categorical one) gets exact
+CMPO over all of them (Eq. 11-12); a continuous one (`networks.action_dim
+= D > 0`) sampled CMPO (Muesli Sec. 4.2): at every state, `S =
+hparams.action_samples` actions are drawn from the prior policy and looked
 ahead with the model; their normalised advantages weight them
 (`losses.sampled_cmpo_weights`) in the KL of the policy loss and of the
-model loss; Retrace's expectation of q under the prior is their mean.
+model loss (`sampled_policy_loss_term`, `sampled_model_loss_term`);
+Retrace's expectation of q under the prior is their mean.
+
+Shapes: `B` sequences, `T` learning positions, `K` unroll steps,
+`W = T + K + 1` window steps, `A` actions, `N` support bins, `H` hidden size.
 """
 
 import functools
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import chex
 import haiku as hk
@@ -34,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from muesli_jax import losses
-from muesli_jax import networks as nets
+from muesli_jax.hparams import LearnerHparams
 from muesli_jax.networks import MuesliNetworks
 from muesli_jax.types import Batch
 
@@ -50,30 +56,25 @@ class TrainState(NamedTuple):
   step: chex.Array
 
 
-def total_updates(config) -> int:
-  """Updates in a run: one per `steps_per_update` vector-env steps."""
-  return max(1, config.total_env_steps //
-             (config.num_envs * config.steps_per_update))
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(hparams: LearnerHparams) -> optax.GradientTransformation:
   """Adam whose update is clipped to ±1 before the learning rate (App. F.1)."""
-  if config.lr_decay:  # Linear decay to 0 over the run (Sec. 4.5).
-    lr = optax.linear_schedule(config.learning_rate, 0.0,
-                               total_updates(config))
+  if hparams.lr_decay:  # Linear decay to 0 over the run (Sec. 4.5).
+    lr = optax.linear_schedule(hparams.learning_rate, 0.0,
+                               hparams.lr_decay_updates)
   else:
-    lr = config.learning_rate
-  return optax.chain(optax.scale_by_adam(eps=config.adam_eps),
-                     optax.clip(config.update_clip),
-                     optax.add_decayed_weights(config.weight_decay),
+    lr = hparams.learning_rate
+  return optax.chain(optax.scale_by_adam(eps=hparams.adam_eps),
+                     optax.clip(hparams.update_clip),
+                     optax.add_decayed_weights(hparams.weight_decay),
                      optax.scale_by_learning_rate(lr))
 
 
-def init_state(networks: MuesliNetworks, config, rng) -> TrainState:
+def init_state(networks: MuesliNetworks, hparams: LearnerHparams,
+               rng) -> TrainState:
   params = networks.init(rng)
   # A separate copy: the update donates both trees.
   return TrainState(params=params, target_params=jax.tree.map(jnp.copy, params),
-                    opt_state=make_optimizer(config).init(params),
+                    opt_state=make_optimizer(hparams).init(params),
                     adv_norm=losses.init_adv_norm(),
                     step=jnp.zeros([], jnp.int32))
 
@@ -101,15 +102,9 @@ def _psum(x, axis_name: Optional[str]):
   return jax.lax.psum(x, axis_name) if axis_name else x
 
 
-def _check_value_target(config) -> None:
-  if config.value_target not in ("retrace", "nstep", "mc"):
-    raise ValueError(f"value_target must be retrace, nstep or mc, "
-                     f"got {config.value_target!r}")
-
-
-def _support(networks: MuesliNetworks, config) -> Array:
+def _support(networks: MuesliNetworks, hparams: LearnerHparams) -> Array:
   """`[N]` bin centres of the value and reward heads."""
-  return losses.make_support(config.value_min, config.value_max,
+  return losses.make_support(hparams.value_min, hparams.value_max,
                              networks.num_bins)
 
 
@@ -171,197 +166,153 @@ def lookahead_q(networks: MuesliNetworks, params: hk.Params, hidden: Array,
   return q.reshape((B, W, M))
 
 
-def value_targets(config, batch: Batch, q_prior: Array, v_prior: Array,
-                  prior_logits: Array) -> Array:
-  """Value targets `G` for steps 0..T+K-1, by `config.value_target`.
+def value_targets(hparams: LearnerHparams, batch: Batch, q_taken: Array,
+                  expected_q: Array, v_prior: Array, log_pi_a: Array,
+                  log_mu_a: Array) -> Array:
+  """Value targets `G` for steps 0..T+K-1, by `hparams.value_target`.
 
   "retrace" (Muesli Eq. 14, from the model's q and the value head), "nstep"
   (uncorrected returns bootstrapped from the value head) or "mc" (the
   episode's discounted return, `batch.mc_return`).
 
   Args:
-    config: needs `value_target`, `discount`, `retrace_lambda`.
+    hparams: the learner's.
     batch: the `[B, W]` windows.
-    q_prior: `[B, W, A]` prior one-step look-ahead.
+    q_taken: `[B, W]` prior look-ahead q of the action taken.
+    expected_q: `[B, W]` `E_prior[q]`: exact over all actions, or the mean
+      over actions sampled from the prior.
     v_prior: `[B, W]` prior values.
-    prior_logits: `[B, W, A]` prior policy logits.
+    log_pi_a, log_mu_a: `[B, W]` prior and behaviour log-probabilities of
+      the action taken.
 
   Returns:
     `[B, W-1]` targets, without gradient.
   """
-  if config.value_target == "retrace":
-    # Retrace assumes v = E_pi[q]; the model's q and the value head need
-    # not agree, and a gap between them compounds along the trace. Shift q
-    # per state so that its mean under the prior policy is v.
-    pi_prior = jax.nn.softmax(prior_logits)
-    q_consistent = q_prior + (
-        v_prior - jnp.sum(pi_prior * q_prior, -1))[..., None]
-    taken = lambda x: jnp.take_along_axis(x, batch.action[..., None],
-                                          -1)[..., 0]
-    return _retrace(config, batch, taken(q_consistent), v_prior,
-                    taken(jax.nn.log_softmax(prior_logits)),
-                    taken(jax.nn.log_softmax(batch.behaviour_logits)))
-  return _uncorrected_targets(config, batch, v_prior)
+  if hparams.value_target != "retrace":
+    return _uncorrected_targets(hparams, batch, v_prior)
+  # Retrace assumes v = E_pi[q]; the model's q and the value head need
+  # not agree, and a gap between them compounds along the trace. Shift q
+  # per state so that its mean under the prior policy is v.
+  q_consistent = q_taken + (v_prior - expected_q)
+  return _retrace(hparams, batch, q_consistent, v_prior, log_pi_a, log_mu_a)
 
 
-def _retrace(config, batch: Batch, q_taken: Array, v_prior: Array,
-             log_pi_a: Array, log_mu_a: Array) -> Array:
+def _retrace(hparams: LearnerHparams, batch: Batch, q_taken: Array,
+             v_prior: Array, log_pi_a: Array, log_mu_a: Array) -> Array:
   """Retrace targets `[B, W-1]` from `[B, W]` q, v and log-probabilities of
   the actions taken (`losses.retrace_targets_from_log_probs`, vmapped)."""
-  discount_t = config.discount * batch.discount
+  discount_t = hparams.discount * batch.discount
   return jax.vmap(lambda q, v, r, d, lp, lm, m:
                   losses.retrace_targets_from_log_probs(
-                      q, v, r, d, lp, lm, config.retrace_lambda,
+                      q, v, r, d, lp, lm, hparams.retrace_lambda,
                       trace_mask_t=m))(
       q_taken[:, 1:-1], v_prior[:, 1:], batch.reward[:, :-1],
       discount_t[:, :-1], log_pi_a[:, 1:-1], log_mu_a[:, 1:-1],
       batch.mask[:, 1:-1])
 
 
-def _uncorrected_targets(config, batch: Batch, v_prior: Array) -> Array:
+def _uncorrected_targets(hparams: LearnerHparams, batch: Batch,
+                         v_prior: Array) -> Array:
   """The "nstep" and "mc" targets, which need no policy."""
-  if config.value_target == "nstep":
+  if hparams.value_target == "nstep":
     return jax.vmap(losses.nstep_targets)(
         v_prior[:, 1:], batch.reward[:, :-1],
-        config.discount * batch.discount[:, :-1], batch.mask[:, 1:])
+        hparams.discount * batch.discount[:, :-1], batch.mask[:, 1:])
   return batch.mc_return[:, :-1]
 
 
-def sampled_value_targets(config, batch: Batch, q_taken: Array,
-                          q_samples: Array, v_prior: Array, log_pi_a: Array,
-                          log_mu_a: Array) -> Array:
-  """`value_targets` for continuous actions: `E_prior[q]` is estimated by
-  the mean of q over actions sampled from the prior.
-
-  Args:
-    config, batch: as in `value_targets`.
-    q_taken: `[B, W]` prior look-ahead of the action taken.
-    q_samples: `[B, W, S]` prior look-ahead of the prior's samples.
-    v_prior: `[B, W]` prior values.
-    log_pi_a, log_mu_a: `[B, W]` prior and behaviour log-densities of the
-      action taken.
-
-  Returns:
-    `[B, W-1]` targets, without gradient.
-  """
-  if config.value_target != "retrace":
-    return _uncorrected_targets(config, batch, v_prior)
-  # As in `value_targets`: shift q so that its mean under the prior is v.
-  q_consistent = q_taken + v_prior - jnp.mean(q_samples, axis=-1)
-  return _retrace(config, batch, q_consistent, v_prior, log_pi_a, log_mu_a)
-
-
-def mixed_prior_log_probs(config, prior_logits: Array,
+def mixed_prior_log_probs(hparams: LearnerHparams, prior_logits: Array,
                           behaviour_logits: Array) -> Array:
-  """`[..., A]` `losses.prior_mixture_log_probs` with the config's weights."""
+  """`[..., A]` `losses.prior_mixture_log_probs` with the weights of
+  `hparams` (App. F.2)."""
   return losses.prior_mixture_log_probs(
-      prior_logits, behaviour_logits, config.prior_mix_target,
-      config.prior_mix_behaviour, config.prior_mix_uniform)
+      prior_logits, behaviour_logits, hparams.prior_mix_target,
+      hparams.prior_mix_behaviour, hparams.prior_mix_uniform)
 
 
-def prior_targets(networks: MuesliNetworks, config, target_params: hk.Params,
-                  batch: Batch, adv_norm: losses.AdvNormState,
+def prior_targets(networks: MuesliNetworks, hparams: LearnerHparams,
+                  target_params: hk.Params, batch: Batch,
+                  adv_norm: losses.AdvNormState,
                   axis_name: Optional[str] = None,
                   support: Optional[Array] = None,
                   rng: Optional[Array] = None
                   ) -> Tuple[Targets, losses.AdvNormState]:
   """Everything computed with the prior params: returns, advantages, CMPO.
 
+  From every state of the window the prior policy's `lookahead_actions` are
+  looked ahead with the model (Eq. 14). A policy that can enumerate its
+  actions (`enumerable`, the categorical one) gives all `A` of them and
+  exact CMPO over them (Eq. 11-12, with the prior mixture of App. F.2).
+  Otherwise (continuous actions) `S = hparams.action_samples` actions are
+  drawn from the prior with `rng` and give sampled CMPO (Sec. 4.2): their
+  normalised advantages weight them (`losses.sampled_cmpo_weights`) and
+  Retrace's `E_prior[q]` is their mean.
+
   Also advances the advantage normaliser (Muesli Sec. 4.5) with this batch's
   `E[(G - v_prior)^2]`, over all devices when `axis_name` is given.
-  `support` defaults to the config's (see `make_update` for why it passes
-  its own). Continuous actions (`sampled_prior_targets`) need `rng`.
+  `support` defaults to the one of `hparams` (see `make_update` for why it
+  passes its own).
   """
-  _check_value_target(config)
   if support is None:
-    support = _support(networks, config)
-  if networks.action_dim:
-    if rng is None:
-      raise ValueError("continuous actions need an rng for the prior's "
-                       "samples")
-    return sampled_prior_targets(networks, config, target_params, batch,
-                                 adv_norm, rng, axis_name, support)
+    support = _support(networks, hparams)
   hidden = _flat_apply(networks.represent, target_params, batch.observation)
   prior = _flat_apply(networks.predict, target_params, hidden)
   v_prior = losses.categorical_to_scalar(prior.value_logits, support)
-  q_prior = one_step_lookahead(networks, target_params, hidden,
-                               config.discount, support)
-  returns = value_targets(config, batch, q_prior, v_prior,
-                          prior.policy_logits)
+  prior_pi = networks.policy(prior.policy_logits)
+  candidates = prior_pi.lookahead_actions(rng, hparams.action_samples)
+  M = candidates.shape[2]
+  taken = batch.action[:, :, None]
+  # The look-ahead (Eq. 14): M dynamics steps a state, and the taken action.
+  if prior_pi.enumerable:  # The taken action is one of the candidates.
+    q_prior = lookahead_q(networks, target_params, hidden, candidates,
+                          hparams.discount, support)  # [B, W, A]
+    q_taken = jnp.take_along_axis(q_prior, taken, -1)[..., 0]
+    expected_q = jnp.sum(prior_pi.probs() * q_prior, -1)
+  else:
+    q_all = lookahead_q(networks, target_params, hidden,
+                        jnp.concatenate([candidates, taken], 2),
+                        hparams.discount, support)
+    q_prior, q_taken = q_all[..., :M], q_all[..., M]  # [B, W, S], [B, W]
+    expected_q = jnp.mean(q_prior, axis=-1)
+  behaviour_pi = networks.policy(batch.behaviour_logits)
+  returns = value_targets(hparams, batch, q_taken, expected_q, v_prior,
+                          prior_pi.log_prob(batch.action),
+                          behaviour_pi.log_prob(batch.action))
   pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
-      config, batch, returns, v_prior, adv_norm, axis_name)
-  all_adv = losses.all_action_advantages(q_prior, v_prior, sigma)
-
-  cmpo_logits = losses.cmpo_policy_logits(
-      mixed_prior_log_probs(config, prior.policy_logits,
-                            batch.behaviour_logits),
-      all_adv, config.cmpo_clip)
-  targets = Targets(returns=returns, pg_adv=pg_adv, cmpo_logits=cmpo_logits,
+      hparams, batch, returns, v_prior, adv_norm, axis_name)
+  adv = losses.all_action_advantages(q_prior, v_prior, sigma)  # [B, W, M]
+  targets = Targets(returns=returns, pg_adv=pg_adv, cmpo_logits=None,
                     v_prior=v_prior, sigma=sigma, adv_mask=adv_mask,
                     q_prior=q_prior)
-  return targets, adv_norm
+  # pi_cmpo: exact over all actions, or sampled.
+  if prior_pi.enumerable:
+    return targets._replace(cmpo_logits=losses.cmpo_policy_logits(
+        mixed_prior_log_probs(hparams, prior.policy_logits,
+                              batch.behaviour_logits),
+        adv, hparams.cmpo_clip)), adv_norm
+  log_prior = networks.policy(prior.policy_logits[:, :, None]).log_prob(
+      candidates)  # [B, W, S]
+  return targets._replace(
+      sample_actions=candidates,
+      sample_weights=losses.sampled_cmpo_weights(adv, hparams.cmpo_clip),
+      sample_log_cmpo=losses.sampled_cmpo_log_probs(
+          log_prior, adv, hparams.cmpo_clip)), adv_norm
 
 
-def _taken_advantages(config, batch: Batch, returns: Array, v_prior: Array,
-                      adv_norm: losses.AdvNormState,
+def _taken_advantages(hparams: LearnerHparams, batch: Batch, returns: Array,
+                      v_prior: Array, adv_norm: losses.AdvNormState,
                       axis_name: Optional[str]):
   """`(pg_adv [B, T], adv_mask [B, T], adv_norm, sigma)`: the normalised
   advantages `G - v_prior` of the taken actions, and the advanced scale."""
-  T = config.sequence_length
+  T = hparams.sequence_length
   # The scale is estimated over the learning positions only.
   adv_mask = batch.mask[:, :T]
-  if config.value_target == "mc":
+  if hparams.value_target == "mc":
     adv_mask = adv_mask * batch.mc_valid[:, :T]
   pg_adv, adv_norm = losses.scale_advantages(
-      adv_norm, returns[:, :T] - v_prior[:, :T], config.adv_norm_decay,
+      adv_norm, returns[:, :T] - v_prior[:, :T], hparams.adv_norm_decay,
       mask=adv_mask, axis_name=axis_name)
   return pg_adv, adv_mask, adv_norm, losses.advantage_scale(adv_norm)
-
-
-def sampled_prior_targets(networks: MuesliNetworks, config,
-                          target_params: hk.Params, batch: Batch,
-                          adv_norm: losses.AdvNormState, rng: Array,
-                          axis_name: Optional[str], support: Array
-                          ) -> Tuple[Targets, losses.AdvNormState]:
-  """`prior_targets` for continuous actions (sampled CMPO, Muesli Sec. 4.2).
-
-  At every state of the window, `S = config.action_samples` actions are
-  drawn from the prior (target-network) policy and looked ahead with the
-  model, together with the action taken (`S + 1` dynamics steps a state).
-  The samples' normalised advantages give their CMPO weights
-  (`losses.sampled_cmpo_weights`) and log pi_cmpo
-  (`losses.sampled_cmpo_log_probs`); the prior mixture of App. F.2 applies
-  to discrete actions only.
-  """
-  S = config.action_samples
-  hidden = _flat_apply(networks.represent, target_params, batch.observation)
-  prior = _flat_apply(networks.predict, target_params, hidden)
-  v_prior = losses.categorical_to_scalar(prior.value_logits, support)
-  squash = networks.squash
-  samples = nets.gaussian_sample(rng, prior.policy_logits, S,
-                                 squash)  # [B, W, S, D]
-  q_all = lookahead_q(networks, target_params, hidden,
-                      jnp.concatenate([samples, batch.action[:, :, None]], 2),
-                      config.discount, support)
-  q_samples, q_taken = q_all[..., :S], q_all[..., S]
-  log_pi_a = nets.gaussian_log_prob(prior.policy_logits, batch.action, squash)
-  log_mu_a = nets.gaussian_log_prob(batch.behaviour_logits, batch.action,
-                                    squash)
-  returns = sampled_value_targets(config, batch, q_taken, q_samples, v_prior,
-                                  log_pi_a, log_mu_a)
-  pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
-      config, batch, returns, v_prior, adv_norm, axis_name)
-  sample_adv = losses.all_action_advantages(q_samples, v_prior, sigma)
-  log_prior = nets.gaussian_log_prob(prior.policy_logits[:, :, None], samples,
-                                     squash)
-  targets = Targets(
-      returns=returns, pg_adv=pg_adv, cmpo_logits=None, v_prior=v_prior,
-      sigma=sigma, adv_mask=adv_mask, q_prior=q_samples,
-      sample_actions=samples,
-      sample_weights=losses.sampled_cmpo_weights(sample_adv, config.cmpo_clip),
-      sample_log_cmpo=losses.sampled_cmpo_log_probs(log_prior, sample_adv,
-                                                    config.cmpo_clip))
-  return targets, adv_norm
 
 
 def unroll_masks(batch: Batch, K: int, T: int) -> Tuple[Array, Array]:
@@ -379,35 +330,60 @@ def unroll_masks(batch: Batch, K: int, T: int) -> Tuple[Array, Array]:
   return valid, absorbing
 
 
-def policy_loss_term(config, policy_logits: Array, batch: Batch,
-                     targets: Targets, squash: bool = False
+def _without_unknown_pg(hparams: LearnerHparams, pg: Array,
+                        extras: Dict[str, Array], batch: Batch) -> Array:
+  """With the "mc" target, positions whose return is unknown get no policy
+  gradient (the KL to pi_cmpo stays)."""
+  if hparams.value_target != "mc":
+    return pg
+  T = pg.shape[1]
+  return pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
+
+
+def policy_loss_term(hparams: LearnerHparams, policy_logits: Array,
+                     batch: Batch, targets: Targets
                      ) -> Tuple[Array, Dict[str, Array]]:
-  """L_pg+cmpo at k = 0 (Muesli Sec. 4, Eq. 9): `([B, T] loss, extras)`.
+  """L_pg+cmpo at k = 0 (Muesli Sec. 4, Eq. 9) with exact CMPO: `([B, T]
+  loss, extras)`.
 
   `policy_logits` are the online `[B, T, A]` logits at the real states; with
   the "mc" target, positions whose return is unknown get no policy gradient
-  (the KL to pi_cmpo stays). `squash`: a tanh-squashed Gaussian policy.
+  (the KL to pi_cmpo stays).
   """
   T = policy_logits.shape[1]
-  if targets.cmpo_logits is None:  # Continuous actions: sampled CMPO.
-    action = batch.action[:, :T]
-    pg, extras = losses.sampled_policy_loss(
-        nets.gaussian_log_prob(policy_logits, action, squash),
-        nets.gaussian_log_prob(batch.behaviour_logits[:, :T], action, squash),
-        targets.pg_adv,
-        nets.gaussian_log_prob(policy_logits[:, :, None],
-                               targets.sample_actions[:, :T], squash),
-        targets.sample_weights[:, :T], targets.sample_log_cmpo[:, :T],
-        config.kl_weight, config.ratio_clip, config.policy_gradient)
-    extras["entropy"] = nets.gaussian_entropy(policy_logits)
-  else:
-    pg, extras = losses.policy_loss(
-        policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
-        targets.pg_adv, targets.cmpo_logits[:, :T], config.kl_weight,
-        config.ratio_clip, config.policy_gradient)
-  if config.value_target == "mc":
-    pg = pg - extras["pg_loss"] * (1.0 - batch.mc_valid[:, :T])
-  return pg, extras
+  pg, extras = losses.policy_loss(
+      policy_logits, batch.behaviour_logits[:, :T], batch.action[:, :T],
+      targets.pg_adv, targets.cmpo_logits[:, :T], hparams.kl_weight,
+      hparams.ratio_clip, hparams.policy_gradient)
+  return _without_unknown_pg(hparams, pg, extras, batch), extras
+
+
+def sampled_policy_loss_term(hparams: LearnerHparams, policy: Callable,
+                             policy_logits: Array, batch: Batch,
+                             targets: Targets
+                             ) -> Tuple[Array, Dict[str, Array]]:
+  """`policy_loss_term` with sampled CMPO (Muesli Sec. 4.2): the KL to
+  pi_cmpo is estimated from the prior's samples (`losses.sampled_kl`).
+
+  Args:
+    hparams: the learner's.
+    policy: `networks.policy`, `[..., 2D]` -> the policy distribution.
+    policy_logits: the online `[B, T, 2D]` policy at the real states.
+    batch, targets: with `sample_actions`, `sample_weights` and
+      `sample_log_cmpo`.
+  """
+  T = policy_logits.shape[1]
+  action = batch.action[:, :T]
+  pi = policy(policy_logits)
+  pg, extras = losses.sampled_policy_loss(
+      pi.log_prob(action), policy(batch.behaviour_logits[:, :T]).log_prob(
+          action), targets.pg_adv,
+      policy(policy_logits[:, :, None]).log_prob(
+          targets.sample_actions[:, :T]),
+      targets.sample_weights[:, :T], targets.sample_log_cmpo[:, :T],
+      hparams.kl_weight, hparams.ratio_clip, hparams.policy_gradient)
+  extras["entropy"] = pi.entropy()
+  return _without_unknown_pg(hparams, pg, extras, batch), extras
 
 
 def model_loss_term(model_logits: Array, cmpo_logits: Array,
@@ -427,24 +403,24 @@ def model_loss_term(model_logits: Array, cmpo_logits: Array,
   return losses.model_policy_loss(model_logits, cmpo_k, valid[..., 1:])
 
 
-def sampled_model_loss_term(model_policy: Array, targets: Targets,
-                            valid: Array, squash: bool = False) -> Array:
-  """L_m for continuous actions: `model_loss_term` with the KL to pi_cmpo
-  at `s_{t+k}` estimated from the prior's samples there (`losses.sampled_kl`).
+def sampled_model_loss_term(policy: Callable, model_policy: Array,
+                            targets: Targets, valid: Array) -> Array:
+  """L_m with sampled CMPO: `model_loss_term` with the KL to pi_cmpo at
+  `s_{t+k}` estimated from the prior's samples there (`losses.sampled_kl`).
 
   Args:
-    model_policy: `[B, T, K, 2D]` Gaussian policy after unrolling k = 1..K.
+    policy: `networks.policy`, `[..., 2D]` -> the policy distribution.
+    model_policy: `[B, T, K, 2D]` policy after unrolling k = 1..K.
     targets: with `sample_actions`, `sample_weights`, `sample_log_cmpo`.
     valid: `[B, T, K+1]` from `unroll_masks`.
-    squash: a tanh-squashed Gaussian policy.
 
   Returns:
     `[B, T]`, the masked sum over k divided by K.
   """
   T, K = model_policy.shape[1:3]
   at_k = lambda x: _sliding(x[:, 1:], K, T)  # [B, T, K, S, ...] at s_{t+k}
-  log_probs = nets.gaussian_log_prob(model_policy[..., None, :],
-                                     at_k(targets.sample_actions), squash)
+  log_probs = policy(model_policy[..., None, :]).log_prob(
+      at_k(targets.sample_actions))
   kl = losses.sampled_kl(log_probs, at_k(targets.sample_weights),
                          at_k(targets.sample_log_cmpo))  # [B, T, K]
   return jnp.sum(kl * valid[..., 1:], axis=-1) / K
@@ -499,8 +475,8 @@ def reward_loss_term(reward_logits: Array, reward: Array, valid: Array,
                  * (valid[..., :K] + absorbing[..., :K]), -1) / K
 
 
-def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
-         targets: Targets, axis_name: Optional[str] = None,
+def loss(networks: MuesliNetworks, hparams: LearnerHparams, params: hk.Params,
+         batch: Batch, targets: Targets, axis_name: Optional[str] = None,
          support: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
   """The Muesli loss of `params` on `batch`: `(scalar, metrics)`.
 
@@ -508,10 +484,10 @@ def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
   each device divides its own sum by the `psum`ed count, so the gradients'
   `psum` is the gradient of the global mean. `support` as in `prior_targets`.
   """
-  K, T = config.unroll_steps, config.sequence_length
+  K, T = hparams.unroll_steps, hparams.sequence_length
   B = batch.action.shape[0]
   if support is None:
-    support = _support(networks, config)
+    support = _support(networks, hparams)
   hidden = _flat_apply(networks.represent, params,
                        batch.observation[:, :T])  # [B, T, H]
   out0 = _flat_apply(networks.predict, params, hidden)
@@ -525,25 +501,26 @@ def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
   def mean(x):
     return jnp.sum(x * position) / count
 
-  pg, extras = policy_loss_term(config, out0.policy_logits, batch, targets,
-                                networks.squash)
-  if targets.cmpo_logits is None:
-    model_policy = sampled_model_loss_term(outk.policy_logits, targets, valid,
-                                           networks.squash)
-  else:
+  if targets.cmpo_logits is not None:  # Exact CMPO (see `prior_targets`).
+    pg, extras = policy_loss_term(hparams, out0.policy_logits, batch, targets)
     model_policy = model_loss_term(outk.policy_logits, targets.cmpo_logits,
                                    valid)
+  else:
+    pg, extras = sampled_policy_loss_term(hparams, networks.policy,
+                                          out0.policy_logits, batch, targets)
+    model_policy = sampled_model_loss_term(networks.policy, outk.policy_logits,
+                                           targets, valid)
   value = value_loss_term(
       out0.value_logits, outk.value_logits, targets.returns, valid, absorbing,
-      support, batch.mc_valid if config.value_target == "mc" else None)
+      support, batch.mc_valid if hparams.value_target == "mc" else None)
   reward = reward_loss_term(reward_logits, batch.reward, valid, absorbing,
                             support)
 
   # An optional entropy bonus (not in the paper) keeps exploration alive on
   # small control tasks where the policy otherwise collapses early.
-  total = (config.pg_weight * pg + config.model_weight * model_policy +
-           config.value_weight * value + config.reward_weight * reward -
-           config.entropy_weight * extras["entropy"])
+  total = (hparams.pg_weight * pg + hparams.model_weight * model_policy +
+           hparams.value_weight * value + hparams.reward_weight * reward -
+           hparams.entropy_weight * extras["entropy"])
   metrics = dict(
       loss=mean(total), policy_loss=mean(pg), model_loss=mean(model_policy),
       value_loss=mean(value), reward_loss=mean(reward),
@@ -557,35 +534,29 @@ def loss(networks: MuesliNetworks, config, params: hk.Params, batch: Batch,
   return metrics["loss"], metrics
 
 
-def make_update(networks: MuesliNetworks, config,
+def make_update(networks: MuesliNetworks, hparams: LearnerHparams,
                 axis_name: Optional[str] = None):
   """Returns the pure update `(state, batch) -> (state, metrics)`.
 
-  `config` needs `unroll_steps`, `sequence_length`, `discount`, the loss
-  weights and prior mixing weights, `retrace_lambda`, `value_target`,
-  `target_update_rate`, `adv_norm_decay`, `cmpo_clip`, `ratio_clip`,
-  `policy_gradient`, `value_min`, `value_max`; for continuous actions also
-  `action_samples` and `seed` (the prior's samples are drawn from
-  `fold_in(PRNGKey(seed), step)`, and the device index under `pmap`).
+  For continuous actions the prior's samples are drawn from
+  `fold_in(PRNGKey(hparams.seed), step)`, and the device index under `pmap`.
   """
-  _check_value_target(config)
-  optimizer = make_optimizer(config)
+  optimizer = make_optimizer(hparams)
   # Built here, outside the trace: inside it XLA constant-folds the linspace
   # and rounds some bin centres differently in the last bit.
-  support = _support(networks, config)
-  grad_fn = jax.grad(functools.partial(loss, networks, config,
+  support = _support(networks, hparams)
+  grad_fn = jax.grad(functools.partial(loss, networks, hparams,
                                        axis_name=axis_name, support=support),
                      has_aux=True)
 
   def update(state: TrainState, batch: Batch) -> Tuple[TrainState, Dict]:
-    rng = None
-    if networks.action_dim:
-      # The prior's samples: a function of the step (and the device), so a
-      # resumed run draws the same ones.
-      rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-      if axis_name:
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    targets, adv_norm = prior_targets(networks, config, state.target_params,
+    # The prior's samples, where it has to sample its look-ahead actions: a
+    # function of the step (and the device), so a resumed run draws the
+    # same ones. Unused (and compiled away) for discrete actions.
+    rng = jax.random.fold_in(jax.random.PRNGKey(hparams.seed), state.step)
+    if axis_name:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    targets, adv_norm = prior_targets(networks, hparams, state.target_params,
                                       batch, state.adv_norm, axis_name,
                                       support, rng)
     targets = jax.lax.stop_gradient(targets)
@@ -595,7 +566,7 @@ def make_update(networks: MuesliNetworks, config,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     target_params = optax.incremental_update(
-        params, state.target_params, config.target_update_rate)
+        params, state.target_params, hparams.target_update_rate)
     metrics = {k: _psum(v, axis_name) for k, v in metrics.items()}
     if axis_name:  # valid_fraction is a ratio, not a sum over devices.
       metrics["valid_fraction"] = metrics["valid_fraction"] / jax.lax.psum(

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import rlax
 
+# The forms of L_pg (see `policy_loss`), named with the hyperparameters.
+from muesli_jax.hparams import POLICY_GRADIENT_FORMS
+
 Array = chex.Array
 
 
@@ -164,7 +167,6 @@ def scale_advantages(
   return advantages / advantage_scale(new_state, eps), new_state
 
 
-POLICY_GRADIENT_FORMS = ("truncated_is", "surrogate")
 
 
 def policy_loss(

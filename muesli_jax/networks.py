@@ -6,19 +6,23 @@
 Discrete actions (`A` of them) give a categorical policy; continuous ones
 (`action_dim = D > 0`, each in [-1, 1]) a diagonal Gaussian whose
 `policy_logits [..., 2D]` hold its mean and standard deviation (see
-`gaussian_log_prob`).
+`gaussian_log_prob`). `networks.policy(policy_logits)` makes either a
+distribution with the same methods (`sample`, `log_prob`, `entropy`,
+`mode`): the code that acts or learns reads those, not the action kind.
 Hidden states are min-max scaled to [-1, 1] per example; the gradient that
 enters the dynamics from each unroll step is scaled by 1/2.
 """
 
 import math
-from typing import Callable, NamedTuple, Sequence, Tuple
+from typing import Callable, NamedTuple, Sequence, Tuple, Union
 
 import chex
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import optax
+
+from muesli_jax.hparams import NetworkHparams
 
 Array = chex.Array
 
@@ -101,22 +105,91 @@ def _squash(u: Array) -> Array:
   return jnp.clip(jnp.tanh(u), -edge, edge)
 
 
-def sample_actions(rng: Array, policy: Array, action_dim: int,
-                   squash: bool = False) -> Array:
-  """One action per policy: `[..., A] -> [...]` int, or `[..., 2D] -> [..., D]`."""
-  if action_dim:
-    return gaussian_sample(rng, policy, squash=squash)
-  return jax.random.categorical(rng, policy)
+class Categorical:
+  """The policy over `A` discrete actions given by logits `[..., A]`.
+
+  Its log-probabilities are `jax.nn.log_softmax`'s and its samples
+  `jax.random.categorical`'s, the ops the losses use (`losses.policy_loss`).
+  """
+
+  # Muesli's look-ahead (Eq. 14) and CMPO can sum over all its actions.
+  enumerable = True
+
+  def __init__(self, logits: Array):
+    self.logits = logits
+
+  def sample(self, rng: Array, num: int = 0) -> Array:
+    """`[...]` int actions, or `[..., num]` with `num`."""
+    if not num:
+      return jax.random.categorical(rng, self.logits)
+    batch = self.logits.shape[:-1]
+    return jnp.moveaxis(jax.random.categorical(rng, self.logits,
+                                               shape=(num,) + batch), 0, -1)
+
+  def log_prob(self, actions: Array) -> Array:
+    """`[...]` int actions -> `[...]` log pi(actions)."""
+    return jnp.take_along_axis(jax.nn.log_softmax(self.logits),
+                               actions[..., None], axis=-1)[..., 0]
+
+  def probs(self) -> Array:
+    """`[..., A]` pi(a) of every action."""
+    return jax.nn.softmax(self.logits)
+
+  def entropy(self) -> Array:
+    """`[...]`, as `losses.policy_loss` computes it."""
+    log_pi = jax.nn.log_softmax(self.logits)
+    return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+
+  def mode(self) -> Array:
+    """`[...]` the most likely actions."""
+    return jnp.argmax(self.logits, axis=-1)
+
+  def lookahead_actions(self, rng: Array, num: int) -> Array:
+    """The actions to look ahead with from each state: all `A` of them,
+    `[..., A]` (`rng` and `num` unused)."""
+    del rng, num
+    return jnp.broadcast_to(jnp.arange(self.logits.shape[-1]),
+                            self.logits.shape)
 
 
-def greedy_actions(policy: Array, action_dim: int,
-                   squash: bool = False) -> Array:
-  """The most likely action: the argmax, or the Gaussian's mean (its tanh
-  with `squash`)."""
-  if action_dim:
-    mean = gaussian_params(policy)[0]
-    return _squash(mean) if squash else mean
-  return jnp.argmax(policy, axis=-1)
+class Gaussian:
+  """A diagonal Gaussian policy over `D`-dimensional actions, from the policy
+  head's `[..., 2D]` (mean, std); with `squash` the policy of `tanh(u)`, `u`
+  Gaussian (see `gaussian_log_prob`)."""
+
+  # A continuous policy is looked ahead with samples (sampled CMPO, Sec. 4.2).
+  enumerable = False
+
+  def __init__(self, params: Array, squash: bool = False):
+    self.params = params
+    self.squash = squash
+
+  def sample(self, rng: Array, num: int = 0) -> Array:
+    """`[..., D]` actions, or `[..., num, D]` with `num`."""
+    return gaussian_sample(rng, self.params, num, self.squash)
+
+  def log_prob(self, actions: Array) -> Array:
+    """`[..., D]` actions -> `[...]` log-densities (broadcasting `[..., 2D]`
+    against them, e.g. `[B, 1, 2D]` against `[B, S, D]` samples)."""
+    return gaussian_log_prob(self.params, actions, self.squash)
+
+  def entropy(self) -> Array:
+    """`[...]`; of the pre-tanh Gaussian with `squash` (`gaussian_entropy`)."""
+    return gaussian_entropy(self.params)
+
+  def mode(self) -> Array:
+    """`[..., D]` the mean, or its tanh (kept inside (-1, 1)) with
+    `squash`."""
+    mean = gaussian_params(self.params)[0]
+    return _squash(mean) if self.squash else mean
+
+  def lookahead_actions(self, rng: Array, num: int) -> Array:
+    """`num` actions from each state, `[..., num, D]`, drawn from this
+    policy with `rng`."""
+    if rng is None:
+      raise ValueError("continuous actions need an rng to sample the actions "
+                       "to look ahead with")
+    return self.sample(rng, num)
 
 
 def gaussian_policy(head_out: Array, init_std: float, min_std: float,
@@ -229,6 +302,50 @@ class Head(hk.Module):
     return hk.Linear(self._out_size, w_init=jnp.zeros)(x)
 
 
+class CategoricalPolicy(NamedTuple):
+  """The policy head of `A` discrete actions: logits, one-hot actions into
+  the dynamics. Called on `policy_logits [..., A]`, gives a `Categorical`."""
+  num_actions: int
+
+  @property
+  def output_size(self) -> int:
+    return self.num_actions
+
+  def from_head(self, head_out: Array) -> Array:
+    return head_out
+
+  def encode(self, action: Array) -> Array:
+    """`[...]` int actions -> `[..., A]` dynamics inputs."""
+    return jax.nn.one_hot(action, self.num_actions)
+
+  def __call__(self, policy_logits: Array) -> Categorical:
+    return Categorical(policy_logits)
+
+
+class GaussianPolicy(NamedTuple):
+  """The policy head of continuous actions in [-1, 1]^D: a diagonal
+  Gaussian's `[..., 2D]` (mean, std) (`gaussian_policy`). Called on them,
+  gives a `Gaussian`."""
+  action_dim: int
+  init_std: float
+  min_std: float
+  squash: bool = False
+
+  @property
+  def output_size(self) -> int:
+    return 2 * self.action_dim
+
+  def from_head(self, head_out: Array) -> Array:
+    return gaussian_policy(head_out, self.init_std, self.min_std, self.squash)
+
+  def encode(self, action: Array) -> Array:
+    """`[..., D]` actions, clipped to [-1, 1] as the env clips them."""
+    return jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
+
+  def __call__(self, policy_logits: Array) -> Gaussian:
+    return Gaussian(policy_logits, self.squash)
+
+
 class NetworkOutput(NamedTuple):
   policy_logits: Array  # [..., A] logits, or [..., 2D] Gaussian (mean, std)
   value_logits: Array  # [..., N]
@@ -241,71 +358,59 @@ class MuesliNetworks(NamedTuple):
   predict: Callable[[hk.Params, Array], NetworkOutput]
   dynamics: Callable[[hk.Params, Array, Array], Tuple[Array, Array]]
   unroll: Callable[[hk.Params, Array, Array], Tuple[NetworkOutput, Array]]
+  # `policy(policy_logits)`: the policy as a distribution (`Categorical` or
+  # `Gaussian`) with `sample`, `log_prob`, `entropy` and `mode`.
+  policy: Union[CategoricalPolicy, GaussianPolicy]
   num_actions: int  # A; 0 for continuous actions
   num_bins: int
   action_dim: int = 0  # D for continuous actions; 0 for discrete ones
-  squash: bool = False  # continuous: a tanh-squashed Gaussian policy
 
   @property
   def policy_size(self) -> int:
     """Width of `policy_logits`: `A`, or `2D` for a Gaussian."""
-    return 2 * self.action_dim if self.action_dim else self.num_actions
+    return self.policy.output_size
 
 
 def make_networks(
+    hparams: NetworkHparams,
     observation_shape: Tuple[int, ...],
     num_actions: int,
-    num_bins: int,
-    hidden_size: int = 256,
-    num_blocks: int = 2,
-    head_size: int = 128,
-    torso: str = "mlp",
-    dynamics_core: str = "mlp",
-    observation_scale: float = 1.0,
-    conv_channels: Sequence[int] = (16, 32, 32),
-    conv_blocks: int = 2,
     action_dim: int = 0,
-    policy_init_std: float = 0.5,
-    policy_min_std: float = 0.01,
-    policy_squash: bool = False,
+    observation_scale: float = 1.0,
 ) -> MuesliNetworks:
   """Builds the representation, dynamics and prediction networks.
 
   Args:
+    hparams: their sizes and kinds: the torso ("mlp" for vector
+      observations, "conv" a small ResNet or "dqn" DQN's three strided convs
+      for pixels), the dynamics core ("mlp", or "lstm" whose cell state is
+      the second half of the hidden state, so every function keeps one
+      array), `N = num_bins` of the value and reward heads, and the Gaussian
+      policy's std at init, its floor and its squashing.
     observation_shape: shape of one (stacked) observation, no batch dim.
     num_actions: `A`.
-    num_bins: `N`, bins of the categorical value and reward heads.
-    hidden_size: width of the hidden state.
-    num_blocks: residual blocks in the torso and in the dynamics.
-    head_size: width of the policy/value/reward heads' hidden layer.
-    torso: "mlp" (vector observations), "conv" (pixels: a small ResNet) or
-      "dqn" (pixels: DQN's three strided convs, for a CPU).
-    dynamics_core: "mlp" or "lstm" (the LSTM's cell state is the second half
-      of the hidden state, so every function keeps one array).
-    observation_scale: observations (e.g. uint8 frames) are cast to float32
-      and divided by this inside the jitted functions, so the replay and the
-      host-to-device copies keep the compact dtype.
-    conv_channels: channels of the conv torso's sections.
-    conv_blocks: residual blocks in each section of the conv torso.
     action_dim: `D > 0` for continuous actions in [-1, 1]^D (then
       `num_actions` is ignored): a Gaussian policy head, and the dynamics
       take the action vector (clipped to [-1, 1] as the env clips it).
-    policy_init_std, policy_min_std: the Gaussian's std at init and its
-      floor.
-    policy_squash: continuous actions are `tanh(u)`, `u` Gaussian (as in
-      SAC), rather than Gaussian samples that the env clips.
+    observation_scale: the env's; `hparams.observation_scale`, where set,
+      overrides it. Observations (e.g. uint8 frames) are cast to float32 and
+      divided by it inside the jitted functions, so the replay and the
+      host-to-device copies keep the compact dtype.
   """
   if action_dim < 0:
     raise ValueError(f"action_dim must be >= 0, got {action_dim}")
+  # The one place that tells discrete and continuous actions apart.
   if action_dim:
     num_actions = 0
-    if not 0 < policy_min_std < policy_init_std:
-      raise ValueError("need 0 < policy_min_std < policy_init_std, got "
-                       f"{policy_min_std} and {policy_init_std}")
-  if torso not in ("mlp", "conv", "dqn"):
-    raise ValueError(f"unknown torso {torso!r}: expected mlp, conv or dqn")
-  if dynamics_core not in ("mlp", "lstm"):
-    raise ValueError(f"unknown dynamics {dynamics_core!r}: 'mlp' or 'lstm'")
+    policy_kind = GaussianPolicy(action_dim, hparams.policy_init_std,
+                                 hparams.policy_min_std, hparams.policy_squash)
+  else:
+    policy_kind = CategoricalPolicy(num_actions)
+  hidden_size, num_blocks = hparams.hidden_size, hparams.num_blocks
+  head_size, num_bins = hparams.head_size, hparams.num_bins
+  torso, dynamics_core = hparams.torso, hparams.dynamics_core
+  conv_channels, conv_blocks = hparams.conv_channels, hparams.conv_blocks
+  observation_scale = hparams.observation_scale or observation_scale
 
   def head(out_size, name):
     return Head(head_size, out_size, name=name)
@@ -328,20 +433,13 @@ def make_networks(
     return scale_hidden(hidden)
 
   def predict(hidden):
-    if action_dim:
-      policy = gaussian_policy(head(2 * action_dim, "policy_head")(hidden),
-                               policy_init_std, policy_min_std,
-                               policy_squash)
-    else:
-      policy = head(num_actions, "policy_head")(hidden)
+    policy = policy_kind.from_head(
+        head(policy_kind.output_size, "policy_head")(hidden))
     return NetworkOutput(policy,
                          head(num_bins, "value_head")(hidden))
 
   def dynamics(hidden, action):
-    if action_dim:
-      action = jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
-    else:
-      action = jax.nn.one_hot(action, num_actions)
+    action = policy_kind.encode(action)
     if dynamics_core == "mlp":
       next_hidden = MLPTorso(hidden_size, num_blocks, name="dynamics")(
           jnp.concatenate([hidden, action], axis=-1))
@@ -369,11 +467,8 @@ def make_networks(
 
   def init(obs):
     hidden = represent(obs)
-    predict(hidden)
-    if action_dim:
-      actions = jnp.zeros((obs.shape[0], 1, action_dim), jnp.float32)
-    else:
-      actions = jnp.zeros((obs.shape[0], 1), jnp.int32)
+    # Any action of the right shape and dtype: at init the policy is uniform.
+    actions = policy_kind(predict(hidden).policy_logits).mode()[:, None]
     return unroll(hidden, actions)
 
   transformed = hk.without_apply_rng(hk.multi_transform(
@@ -386,6 +481,6 @@ def make_networks(
 
   return MuesliNetworks(init=init_fn, represent=represent_fn,
                         predict=predict_fn, dynamics=dynamics_fn,
-                        unroll=unroll_fn, num_actions=num_actions,
-                        num_bins=num_bins, action_dim=action_dim,
-                        squash=bool(action_dim and policy_squash))
+                        unroll=unroll_fn, policy=policy_kind,
+                        num_actions=num_actions, num_bins=num_bins,
+                        action_dim=action_dim)

@@ -68,28 +68,28 @@ class DeviceUpdate:
   gradient and the params stay bit-identical.
   """
 
-  def __init__(self, networks, config, devices=None):
+  def __init__(self, networks, hparams, batch_size: int, devices=None):
     self.devices = list(devices or jax.local_devices())
     self.num_processes = jax.process_count()
     num_devices = len(self.devices)
-    check_batch_split(config.batch_size, num_devices)
+    check_batch_split(batch_size, num_devices)
     if self.num_processes > 1:
       if set(self.devices) != set(jax.local_devices()):
         raise ValueError("over several processes the update runs on every "
                          "local device of each")
-      self._traced = Traced(learner.make_update(networks, config,
+      self._traced = Traced(learner.make_update(networks, hparams,
                                                 learner.AXIS))
       # Without `devices`, pmap maps over the devices of all processes
       # (`devices` would have to list them all, identically everywhere).
       self._update = jax.pmap(self._traced, axis_name=learner.AXIS,
                               donate_argnums=0)
     elif num_devices > 1:
-      self._traced = Traced(learner.make_update(networks, config,
+      self._traced = Traced(learner.make_update(networks, hparams,
                                                 learner.AXIS))
       self._update = jax.pmap(self._traced, axis_name=learner.AXIS,
                               devices=self.devices, donate_argnums=0)
     else:
-      self._traced = Traced(learner.make_update(networks, config))
+      self._traced = Traced(learner.make_update(networks, hparams))
       self._update = jax.jit(self._traced, donate_argnums=0)
     if self.replicated:
       # The local part of the update's output sharding (over several

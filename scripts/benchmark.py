@@ -54,6 +54,7 @@ from muesli_jax import placement, training  # noqa: E402
 from muesli_jax.errors import NonFiniteLossError  # noqa: E402
 from muesli_jax.actor import Actor, make_policy_step  # noqa: E402
 from muesli_jax.config import ConfigError, parse_args  # noqa: E402
+from muesli_jax.hparams import LearnerHparams  # noqa: E402
 from muesli_jax.replay import SequenceReplay  # noqa: E402
 from muesli_jax.types import window_length  # noqa: E402
 
@@ -133,7 +134,8 @@ class LearnerBench:
   def __init__(self, config, networks, replay: SequenceReplay, state):
     # The update exactly as training runs it: jit on one device, pmap over
     # every local device, with its trace counter.
-    self._update = placement.DeviceUpdate(networks, config)
+    self._update = placement.DeviceUpdate(
+        networks, LearnerHparams.from_config(config), config.batch_size)
     self._config = config
     self._networks = networks
     self._replay = replay
@@ -149,7 +151,8 @@ class LearnerBench:
 
   def flops_per_update(self, batch) -> float:
     """XLA's flop count of one update (a separate, uncounted compilation)."""
-    update = jax.jit(learner.make_update(self._networks, self._config))
+    update = jax.jit(learner.make_update(
+        self._networks, LearnerHparams.from_config(self._config)))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           self._update.first(self.state))
     cost = update.lower(shapes, batch).compile().cost_analysis()
@@ -283,7 +286,8 @@ def run_speed_figures(config, reps: int, seconds: float):
   actor_envs = envs_lib.make_vector_env(config)
   spec = envs_lib.env_spec(actor_envs, config.env_id)
   networks = builder.build_networks(config, spec)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(seed))
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(seed))
   window = window_length(config.sequence_length, config.unroll_steps)
   replay = builder.make_replay(config, spec)
   actor = Actor(actor_envs, networks, replay, config.stack, seed)

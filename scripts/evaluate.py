@@ -18,7 +18,9 @@ import jax  # noqa: E402
 from muesli_jax import builder, checkpoint, envs as envs_lib, learner  # noqa: E402
 from muesli_jax import video  # noqa: E402
 from muesli_jax.config import ConfigError, load_run_config  # noqa: E402
+
 from muesli_jax.evaluation import EvalResult, Evaluator  # noqa: E402
+from muesli_jax.hparams import LearnerHparams  # noqa: E402
 
 
 def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
@@ -33,7 +35,8 @@ def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
   spec = envs_lib.env_spec(probe, config.env_id)
   probe.close()
   networks = builder.build_networks(config, spec)
-  like = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  like = learner.init_state(networks, LearnerHparams.from_config(config),
+                            jax.random.PRNGKey(0))
   state = checkpoint.load_train_state(run_dir, like)
   with Evaluator(config, networks, episodes, greedy,
                  num_envs=num_envs) as evaluator:

@@ -36,14 +36,13 @@ if __name__ == "__main__":
   # from the first moment: importing jax takes seconds.
   signal.signal(signal.SIGINT, _stop)
   signal.signal(signal.SIGTERM, _stop)
-  try:
-    from muesli_jax import anakin, envs, training  # noqa: E402
-  except KeyboardInterrupt:
-    sys.exit(130)
-from muesli_jax import anakin, envs, training  # noqa: E402
-from muesli_jax.config import parse_args, parse_resume_args  # noqa: E402
-from muesli_jax.errors import (CheckpointError, ConfigError,  # noqa: E402
-                               NonFiniteLossError, UnknownEnvError)
+try:
+  from muesli_jax import anakin, envs, training  # noqa: E402
+  from muesli_jax.config import parse_args, parse_resume_args  # noqa: E402
+  from muesli_jax.errors import (CheckpointError, ConfigError,  # noqa: E402
+                                 NonFiniteLossError, UnknownEnvError)
+except KeyboardInterrupt:
+  sys.exit(130)
 
 
 def main(argv) -> int:

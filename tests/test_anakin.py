@@ -16,6 +16,7 @@ from configs import anakin_cartpole
 from muesli_jax import anakin, networks as nets, replay as replay_lib
 from muesli_jax.config import ConfigError
 from muesli_jax.envs import UnknownEnvError
+from muesli_jax.hparams import NetworkHparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,9 @@ def cartpole_stream(num_envs: int, num_steps: int, capacity: int,
   ended `[n, E]`, the replay and the env."""
   env, env_params = anakin.make_env("gymnax:CartPole-v1")
   env_params = env_params.replace(max_steps_in_episode=max_steps)
-  networks = nets.make_networks((4,), 2, 11, 8, 1, 8)
+  networks = nets.make_networks(
+      NetworkHparams(num_bins=11, hidden_size=8, num_blocks=1, head_size=8),
+      (4,), 2)
   params = networks.init(jax.random.PRNGKey(0))
   reset, step = anakin.make_actor(env, env_params, networks)
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from muesli_jax import learner, losses, networks as nets, training
 from muesli_jax.config import load_config_file, validate
 from muesli_jax.replay import SequenceReplay
+from muesli_jax.hparams import LearnerHparams, NetworkHparams
 from configs import pendulum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +165,7 @@ def test_squashed_gaussian_is_the_density_of_tanh_of_a_gaussian():
   edge = nets.gaussian_log_prob(policy, jnp.ones(2), squash=True)
   assert np.isfinite(edge)
   np.testing.assert_allclose(
-      nets.greedy_actions(policy, 2, squash=True), np.tanh(mean), rtol=1e-6)
+      nets.Gaussian(policy, squash=True).mode(), np.tanh(mean), rtol=1e-6)
 
 
 def test_squashed_head_keeps_its_pre_tanh_mean_bounded_and_differentiable():
@@ -180,8 +181,10 @@ def test_squashed_head_keeps_its_pre_tanh_mean_bounded_and_differentiable():
 
 
 def test_gaussian_head_starts_at_mean_zero_and_the_initial_std():
-  networks = nets.make_networks((3,), 0, 21, 16, 1, 16, action_dim=2,
-                                policy_init_std=0.7, policy_min_std=0.05)
+  networks = nets.make_networks(
+      NetworkHparams(num_bins=21, hidden_size=16, num_blocks=1, head_size=16,
+                     policy_init_std=0.7, policy_min_std=0.05), (3,), 0,
+      action_dim=2)
   params = networks.init(jax.random.PRNGKey(0))
   obs = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
   out = networks.predict(params, networks.represent(params, obs))
@@ -227,17 +230,22 @@ def continuous_batch(config, action_dim, obs_dim, seed=0):
 
 
 def make(config, action_dim=2, obs_dim=3, squash=False):
-  return nets.make_networks((obs_dim,), 0, config.num_bins, config.hidden_size,
-                            config.num_blocks, config.head_size,
-                            action_dim=action_dim, policy_squash=squash)
+  return nets.make_networks(
+      NetworkHparams(num_bins=config.num_bins, hidden_size=config.hidden_size,
+                     num_blocks=config.num_blocks, head_size=config.head_size,
+                     policy_squash=squash), (obs_dim,), 0,
+      action_dim=action_dim)
 
 
 def test_sampled_prior_targets_shapes_and_weights():
   config = small_config()
   networks = make(config)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   batch = continuous_batch(config, 2, 3)
-  targets, _ = learner.prior_targets(networks, config, state.target_params,
+  targets, _ = learner.prior_targets(networks,
+                                     LearnerHparams.from_config(config),
+                                     state.target_params,
                                      batch, state.adv_norm,
                                      rng=jax.random.PRNGKey(3))
   B, T, K, S = 4, 6, config.unroll_steps, 5
@@ -255,7 +263,8 @@ def test_sampled_prior_targets_shapes_and_weights():
   assert np.all(targets.sample_weights > 0)
   assert np.all((sums > 0.5) & (sums < 1.5))
   with pytest.raises(ValueError, match="need an rng"):
-    learner.prior_targets(networks, config, state.target_params, batch,
+    learner.prior_targets(networks, LearnerHparams.from_config(config),
+                          state.target_params, batch,
                           state.adv_norm)
 
 
@@ -267,13 +276,15 @@ def test_continuous_update_is_finite_moves_params_and_compiles_once(
   config = small_config()
   config.value_target = value_target
   networks = make(config, squash=squash)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   before = jax.tree.map(np.array, state.params)
   traces = []
 
   def counted(s, b):
     traces.append(1)
-    return learner.make_update(networks, config)(s, b)
+    return learner.make_update(networks,
+                               LearnerHparams.from_config(config))(s, b)
 
   update = jax.jit(counted)
   for seed in range(3):
@@ -312,8 +323,10 @@ def test_the_policy_moves_toward_actions_with_higher_lookahead_value(squash):
 
   learner.lookahead_q = preferring_positive
   try:
-    state = learner.init_state(networks, config, jax.random.PRNGKey(0))
-    update = jax.jit(learner.make_update(networks, config))
+    state = learner.init_state(networks, LearnerHparams.from_config(config),
+                               jax.random.PRNGKey(0))
+    update = jax.jit(learner.make_update(networks,
+                                         LearnerHparams.from_config(config)))
     batch = continuous_batch(config, 1, 3)
     for _ in range(20):
       state, _ = update(state, batch)

@@ -17,6 +17,7 @@ from muesli_jax import checkpoint, envs as envs_lib, evaluation, learner
 from muesli_jax import video
 from muesli_jax.config import load_config_file
 from muesli_jax.training import build_networks
+from muesli_jax.hparams import LearnerHparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
@@ -180,7 +181,8 @@ def test_write_video_rejects_other_formats(tmp_path):
 def run_dir(tmp_path_factory, cartpole):
   config, networks, _ = cartpole
   run = tmp_path_factory.mktemp("run")
-  state = learner.init_state(networks, config, jax.random.PRNGKey(1))
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(1))
   checkpoints = checkpoint.Checkpoints(str(run))
   checkpoints.save(0, state, loop={}, arrays={})
   checkpoints.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from muesli_jax import learner, losses, networks as nets
+from muesli_jax.hparams import LearnerHparams, NetworkHparams
 from configs import cartpole
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,11 +49,12 @@ def random_batch(config, num_actions, obs_dim, seed=0):
 def test_update_is_finite_and_moves_params(value_target):
   config = small_config()
   config.value_target = value_target
-  networks = nets.make_networks((4,), 2, config.num_bins, config.hidden_size,
-                                config.num_blocks, config.head_size)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  networks = small_networks(config)
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   before = jax.tree.map(np.array, state.params)
-  update = jax.jit(learner.make_update(networks, config))
+  update = jax.jit(learner.make_update(networks,
+                                       LearnerHparams.from_config(config)))
   state, metrics = update(state, random_batch(config, 2, 4))
   for key, value in metrics.items():
     assert np.isfinite(value), key
@@ -65,11 +67,11 @@ def test_update_is_finite_and_moves_params(value_target):
 
 def test_update_compiles_once():
   config = small_config()
-  networks = nets.make_networks((4,), 2, config.num_bins, config.hidden_size,
-                                config.num_blocks, config.head_size)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  networks = small_networks(config)
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   traces = []
-  inner = learner.make_update(networks, config)
+  inner = learner.make_update(networks, LearnerHparams.from_config(config))
 
   def counted(state, batch):
     traces.append(1)  # Runs once per trace, i.e. per compilation.
@@ -87,13 +89,17 @@ def test_pmap_on_two_devices_equals_one_device():
       import jax, numpy as np
       assert jax.local_device_count() == 2, jax.devices()
       from muesli_jax import learner, networks as nets
+      from muesli_jax.hparams import LearnerHparams, NetworkHparams
       from tests.test_learner import small_config, random_batch
+      from tests.test_learner import small_networks
       config = small_config()
-      nets_ = nets.make_networks((4,), 2, config.num_bins, config.hidden_size,
-                                 config.num_blocks, config.head_size)
-      state = learner.init_state(nets_, config, jax.random.PRNGKey(1))
-      one = jax.jit(learner.make_update(nets_, config))
-      two = jax.pmap(learner.make_update(nets_, config, learner.AXIS),
+      nets_ = small_networks(config)
+      state = learner.init_state(nets_, LearnerHparams.from_config(config),
+                                 jax.random.PRNGKey(1))
+      one = jax.jit(learner.make_update(nets_,
+                                        LearnerHparams.from_config(config)))
+      two = jax.pmap(learner.make_update(
+          nets_, LearnerHparams.from_config(config), learner.AXIS),
                      axis_name=learner.AXIS)
       s1, s2 = state, jax.tree.map(lambda x: np.stack([x, x]), state)
       for seed in range(3):
@@ -138,8 +144,7 @@ def peaked_logits(bins, num_bins=21, height=50.0):
 
 
 def small_networks(config):
-  return nets.make_networks((4,), 2, config.num_bins, config.hidden_size,
-                            config.num_blocks, config.head_size)
+  return nets.make_networks(NetworkHparams.from_config(config), (4,), 2)
 
 
 def test_unroll_masks_cut_at_resets_and_absorb_after_terminations():
@@ -191,7 +196,8 @@ def test_prior_targets_shapes(value_target):
   config = small_config()
   config.value_target = value_target
   networks = small_networks(config)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   targets, adv_norm = learner.prior_targets(
       networks, config, state.target_params, random_batch(config, 2, 4),
       state.adv_norm)
@@ -230,7 +236,8 @@ def test_policy_loss_term_drops_only_the_pg_where_the_mc_return_is_unknown(
           rng.normal(size=(B, W, 2)).astype(np.float32)),
       v_prior=None, sigma=None, adv_mask=None, q_prior=None)
   logits = rng.normal(size=(B, T, 2)).astype(np.float32)
-  pg, extras = learner.policy_loss_term(config, logits, batch, targets)
+  pg, extras = learner.policy_loss_term(LearnerHparams.from_config(config),
+                                        logits, batch, targets)
   assert pg.shape == (B, T)
   with_pg = extras["pg_loss"] + config.kl_weight * extras["kl"]
   assert np.abs(extras["pg_loss"]).min() > 0  # so the check below can fail
@@ -323,11 +330,15 @@ def test_loss_is_the_weighted_sum_of_its_terms():
   config = small_config()
   config.entropy_weight = 0.01
   networks = small_networks(config)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   batch = random_batch(config, 2, 4)
-  targets, _ = learner.prior_targets(networks, config, state.target_params,
+  targets, _ = learner.prior_targets(networks,
+                                     LearnerHparams.from_config(config),
+                                     state.target_params,
                                      batch, state.adv_norm)
-  total, m = learner.loss(networks, config, state.params, batch, targets)
+  total, m = learner.loss(networks, LearnerHparams.from_config(config),
+                          state.params, batch, targets)
   expected = (config.pg_weight * m["policy_loss"] +
               config.model_weight * m["model_loss"] +
               config.value_weight * m["value_loss"] +

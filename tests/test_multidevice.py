@@ -15,6 +15,7 @@ import pytest
 
 from muesli_jax import learner, networks as nets, placement
 from muesli_jax.config import load_config_file
+from muesli_jax.hparams import LearnerHparams, NetworkHparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,8 +66,11 @@ def test_benchmark_counts_compilations_on_two_devices(tmp_path):
 def test_replica_check_sees_a_difference():
   """`replicas_identical` is the check above: it must be able to fail."""
   config = load_config_file("cartpole.py")
-  networks = nets.make_networks((4,), 2, config.num_bins, 8, 1, 8)
-  state = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  networks = nets.make_networks(
+      NetworkHparams(num_bins=config.num_bins, hidden_size=8, num_blocks=1,
+                     head_size=8), (4,), 2)
+  state = learner.init_state(networks, LearnerHparams.from_config(config),
+                             jax.random.PRNGKey(0))
   replicated = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), state)
   assert placement.replicas_identical(replicated)
   leaf = jax.tree.leaves(replicated.params)[0]

@@ -22,6 +22,7 @@ import pytest
 from configs import cartpole
 from muesli_jax import builder, checkpoint, envs as envs_lib, learner
 from muesli_jax import run_record
+from muesli_jax.hparams import LearnerHparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small and short: most of a run is starting jax and compiling the update.
@@ -122,7 +123,8 @@ def _digest_of(run_dir) -> str:
   envs = envs_lib.make_vector_env(config, num_envs=1)
   networks = builder.build_networks(config, envs_lib.env_spec(envs))
   envs.close()
-  init = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  init = learner.init_state(networks, LearnerHparams.from_config(config),
+                            jax.random.PRNGKey(0))
   return (run_record.params_digest(checkpoint.load_train_state(run_dir, init)),
           run_record.params_digest(init))
 

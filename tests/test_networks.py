@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from muesli_jax import networks as nets
+from muesli_jax.hparams import NetworkHparams
 
 
 @pytest.mark.parametrize("torso,core,obs_shape", [
@@ -13,9 +14,9 @@ from muesli_jax import networks as nets
     ("dqn", "mlp", (16, 16, 6)), ("dqn", "lstm", (20, 30, 2)),
 ])
 def test_shapes_and_hidden_range(torso, core, obs_shape):
-  n = nets.make_networks(obs_shape, num_actions=3, num_bins=11, hidden_size=16,
-                         num_blocks=1, head_size=8, torso=torso,
-                         dynamics_core=core)
+  n = nets.make_networks(
+      NetworkHparams(num_bins=11, hidden_size=16, num_blocks=1, head_size=8,
+                     torso=torso, dynamics_core=core), obs_shape, num_actions=3)
   params = n.init(jax.random.PRNGKey(0))
   obs = jax.random.uniform(jax.random.PRNGKey(1), (5,) + obs_shape) * 255.0
   hidden = n.represent(params, obs)
@@ -35,8 +36,8 @@ def test_dqn_torso_strides_and_cost():
   the ResNet torso of the same channels costs over 5x more per frame."""
   shape = (64, 96, 4)
   make = lambda torso: nets.make_networks(
-      shape, 4, 11, hidden_size=128, torso=torso, conv_channels=(16, 32, 32),
-      conv_blocks=1)
+      NetworkHparams(num_bins=11, hidden_size=128, torso=torso,
+                     conv_channels=(16, 32, 32), conv_blocks=1), shape, 4)
   dqn, resnet = make("dqn"), make("conv")
   params = dqn.init(jax.random.PRNGKey(0))
   kernels = [v["w"].shape for k, v in sorted(params.items())
@@ -52,7 +53,9 @@ def test_dqn_torso_strides_and_cost():
 
 
 def test_unroll_matches_repeated_dynamics():
-  n = nets.make_networks((4,), 2, 7, hidden_size=8, num_blocks=1, head_size=8)
+  n = nets.make_networks(
+      NetworkHparams(num_bins=7, hidden_size=8, num_blocks=1, head_size=8),
+      (4,), 2)
   params = n.init(jax.random.PRNGKey(0))
   hidden = n.represent(params, jnp.ones((3, 4)))
   actions = jnp.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])

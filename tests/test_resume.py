@@ -17,6 +17,7 @@ import pytest
 from configs import cartpole
 from muesli_jax import builder, checkpoint, envs as envs_lib, learner
 from muesli_jax import run_record, training
+from muesli_jax.hparams import LearnerHparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One XLA thread: the same program then gives the same bits every time.
@@ -53,7 +54,8 @@ def _final_state(run_dir):
   envs = envs_lib.make_vector_env(config, num_envs=1)
   networks = builder.build_networks(config, envs_lib.env_spec(envs))
   envs.close()
-  like = learner.init_state(networks, config, jax.random.PRNGKey(0))
+  like = learner.init_state(networks, LearnerHparams.from_config(config),
+                            jax.random.PRNGKey(0))
   return checkpoint.load_train_state(run_dir, like)
 
 
