@@ -166,8 +166,8 @@ def lookahead_q(networks: MuesliNetworks, params: hk.Params, hidden: Array,
   return q.reshape((B, W, M))
 
 
-def value_targets(hparams: LearnerHparams, batch: Batch, q_taken: Array,
-                  expected_q: Array, v_prior: Array, log_pi_a: Array,
+def value_targets(hparams: LearnerHparams, batch: Batch,
+                  q_consistent: Array, v_prior: Array, log_pi_a: Array,
                   log_mu_a: Array) -> Array:
   """Value targets `G` for steps 0..T+K-1, by `hparams.value_target`.
 
@@ -178,9 +178,12 @@ def value_targets(hparams: LearnerHparams, batch: Batch, q_taken: Array,
   Args:
     hparams: the learner's.
     batch: the `[B, W]` windows.
-    q_taken: `[B, W]` prior look-ahead q of the action taken.
-    expected_q: `[B, W]` `E_prior[q]`: exact over all actions, or the mean
-      over actions sampled from the prior.
+    q_consistent: `[B, W]` prior look-ahead q of the action taken, shifted
+      per state so that its mean under the prior policy is `v_prior`:
+      Retrace assumes v = E_pi[q], and the model's q and the value head need
+      not agree (a gap between them compounds along the trace). `E_pi[q]`
+      is exact over all actions, or the mean over actions sampled from the
+      prior.
     v_prior: `[B, W]` prior values.
     log_pi_a, log_mu_a: `[B, W]` prior and behaviour log-probabilities of
       the action taken.
@@ -190,10 +193,6 @@ def value_targets(hparams: LearnerHparams, batch: Batch, q_taken: Array,
   """
   if hparams.value_target != "retrace":
     return _uncorrected_targets(hparams, batch, v_prior)
-  # Retrace assumes v = E_pi[q]; the model's q and the value head need
-  # not agree, and a gap between them compounds along the trace. Shift q
-  # per state so that its mean under the prior policy is v.
-  q_consistent = q_taken + (v_prior - expected_q)
   return _retrace(hparams, batch, q_consistent, v_prior, log_pi_a, log_mu_a)
 
 
@@ -268,14 +267,17 @@ def prior_targets(networks: MuesliNetworks, hparams: LearnerHparams,
                           hparams.discount, support)  # [B, W, A]
     q_taken = jnp.take_along_axis(q_prior, taken, -1)[..., 0]
     expected_q = jnp.sum(prior_pi.probs() * q_prior, -1)
+    q_consistent = q_taken + (v_prior - expected_q)
   else:
     q_all = lookahead_q(networks, target_params, hidden,
                         jnp.concatenate([candidates, taken], 2),
                         hparams.discount, support)
     q_prior, q_taken = q_all[..., :M], q_all[..., M]  # [B, W, S], [B, W]
-    expected_q = jnp.mean(q_prior, axis=-1)
+    # The same shift as above, in the order of operations the continuous
+    # results were obtained with (their float rounding is kept).
+    q_consistent = q_taken + v_prior - jnp.mean(q_prior, axis=-1)
   behaviour_pi = networks.policy(batch.behaviour_logits)
-  returns = value_targets(hparams, batch, q_taken, expected_q, v_prior,
+  returns = value_targets(hparams, batch, q_consistent, v_prior,
                           prior_pi.log_prob(batch.action),
                           behaviour_pi.log_prob(batch.action))
   pg_adv, adv_mask, adv_norm, sigma = _taken_advantages(
