@@ -1,23 +1,19 @@
 """Anakin (gymnax): the on-device replay, learning, several devices, errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_python, script_env
 # gymnax comes with `make` (see the Makefile); without it these tests fail
 # rather than skip.
 from configs import anakin_cartpole
 from muesli_jax import anakin, networks as nets, replay as replay_lib
 from muesli_jax.config import ConfigError
 from muesli_jax.envs import UnknownEnvError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cartpole_stream(num_envs: int, num_steps: int, capacity: int,
@@ -149,12 +145,6 @@ def test_anakin_cartpole_learns(tmp_path):
   assert len(episodes) == summary["episodes"] + 1
 
 
-def two_device_env():
-  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-              JAX_PLATFORMS="cpu", PYTHONPATH=path)
-
-
 TWO_DEVICE_RUN = """
 import json, sys
 import jax
@@ -172,9 +162,7 @@ print(json.dumps(anakin.train_anakin(config, run_name="two",
 
 
 def test_two_devices_compile_once_and_stay_identical(tmp_path):
-  proc = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, str(tmp_path)],
-                        env=two_device_env(), cwd=ROOT, capture_output=True,
-                        text=True, timeout=600)
+  proc = run_python(TWO_DEVICE_RUN, tmp_path, env=script_env(devices=2))
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["devices"] == 2

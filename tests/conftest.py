@@ -1,0 +1,192 @@
+"""What the tests share: runs of the scripts in subprocesses, tiny configs,
+random batches, and the CartPole learning run that several tests read.
+
+Test modules import the helpers (`from conftest import ...`); the fixtures
+reach them through pytest.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One XLA thread: the same program then gives the same bits every time.
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# Small networks and replays: most of a short run is compiling the update.
+TINY_NETWORK = dict(hidden_size=16, head_size=16, num_blocks=1)
+TINY_RUN = dict(TINY_NETWORK, num_envs=2, batch_size=4, sequence_length=4,
+                warmup_steps=8, replay_capacity=200, log_interval=5)
+
+
+def script_env(devices: int = 0, one_thread: bool = False,
+               path: tuple = ()) -> dict:
+  """The environment of a subprocess that runs this checkout on the CPU.
+
+  Args:
+    devices: forced host CPU devices (the flag must be set before jax is
+      imported, hence a subprocess); 0 leaves jax's default of one.
+    one_thread: one XLA thread, for bit-identical reruns.
+    path: folders put on PYTHONPATH after the repository root.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  flags = []
+  if devices:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  if one_thread:
+    flags.append(ONE_THREAD)
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (ROOT, *path, os.environ.get("PYTHONPATH")) if p)
+  return env
+
+
+def script_command(script: str, *args) -> list:
+  """The command line of `scripts/<script>` with `args`."""
+  return [sys.executable, os.path.join(ROOT, "scripts", script),
+          *map(str, args)]
+
+
+def run_script(script: str, *args, cwd=ROOT, env=None, timeout: int = 600):
+  """Runs `scripts/<script>` to its end; its output is captured as text."""
+  return subprocess.run(script_command(script, *args), cwd=cwd,
+                        env=script_env() if env is None else env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def start_script(script: str, *args, cwd=ROOT, env=None, **popen_args):
+  """Starts `scripts/<script>` without waiting: a `subprocess.Popen`."""
+  return subprocess.Popen(script_command(script, *args), cwd=cwd,
+                          env=script_env() if env is None else env,
+                          **popen_args)
+
+
+def run_python(code: str, *args, env=None, timeout: int = 600):
+  """Runs `python -c code args` from the repository root."""
+  return subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                        cwd=ROOT, env=script_env() if env is None else env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def finish(proc: subprocess.Popen, timeout: int = 600) -> int:
+  """Waits for a started script; kills it if it outlives `timeout`."""
+  try:
+    return proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+    raise
+
+
+def load_script(name: str):
+  """`scripts/<name>.py` as a module, for the functions in it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(name: str, validate: bool = True, **overrides):
+  """The config file `name` (e.g. "minatar.py") with `overrides`."""
+  from muesli_jax.config import load_config_file, validate as check
+  config = load_config_file(name)
+  with config.unlocked():
+    for key, value in overrides.items():
+      config[key] = value
+  if validate:
+    check(config)
+  return config
+
+
+def random_batch(batch_size: int, window: int, obs_dim: int,
+                 num_actions: int = 0, action_dim: int = 0, seed: int = 0):
+  """A `Batch` of `[batch_size, window]` random steps with a reset step after
+  a truncation (sequence 0, step 3) and a termination (sequence 1, step 4;
+  its reset step 5) in it.
+
+  Discrete (`num_actions`): integer actions and logits. Continuous
+  (`action_dim`): actions in R^D and behaviour Gaussians `[mean, std]`.
+  """
+  from muesli_jax import types
+  rng = np.random.default_rng(seed)
+  b, w = batch_size, window
+  mask = np.ones((b, w), np.float32)
+  discount = np.ones((b, w), np.float32)
+  mask[0, 3] = 0.0; discount[0, 3] = 0.0  # reset step after a truncation
+  discount[1, 4] = 0.0; mask[1, 5] = 0.0; discount[1, 5] = 0.0  # termination
+  if action_dim:
+    behaviour = np.concatenate([rng.uniform(-1, 1, (b, w, action_dim)),
+                                rng.uniform(0.2, 1.0, (b, w, action_dim))], -1)
+    observation = rng.normal(size=(b, w, obs_dim))
+    action = rng.normal(size=(b, w, action_dim)).astype(np.float32)
+  else:
+    observation = rng.normal(size=(b, w, obs_dim))
+    action = rng.integers(0, num_actions, (b, w)).astype(np.int32)
+  reward = rng.normal(size=(b, w)).astype(np.float32)
+  if not action_dim:
+    behaviour = rng.normal(size=(b, w, num_actions))
+  return types.Batch(
+      observation=observation.astype(np.float32), action=action,
+      reward=reward, discount=discount, mask=mask,
+      behaviour_logits=behaviour.astype(np.float32),
+      mc_return=rng.normal(size=(b, w)).astype(np.float32),
+      mc_valid=np.ones((b, w), np.float32))
+
+
+# The CartPole learning run: configs/cartpole.py as shipped (50k env steps,
+# the synchronous loop), on one XLA thread so that the rest of the suite has
+# the other core. It starts as soon as the tests are collected and trains
+# while they run; the tests that read it run last.
+CARTPOLE_RUN_ARGS = ("--config", "cartpole.py")
+_CARTPOLE_RUN = pytest.StashKey[tuple]()
+
+
+def _start_cartpole_run(config):
+  logdir = tempfile.mkdtemp(prefix="muesli_cartpole_run_")
+  with open(os.path.join(logdir, "train.log"), "w") as log:
+    proc = start_script("train.py", *CARTPOLE_RUN_ARGS,
+                        f"--config.logdir={logdir}/runs",
+                        env=script_env(one_thread=True), stdout=log,
+                        stderr=subprocess.STDOUT, start_new_session=True)
+  config.stash[_CARTPOLE_RUN] = (proc, logdir)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  readers = [item for item in items
+             if "cartpole_run" in getattr(item, "fixturenames", ())]
+  if readers and not config.option.collectonly:
+    items[:] = [item for item in items if item not in readers] + readers
+    _start_cartpole_run(config)
+
+
+def pytest_sessionfinish(session):
+  proc, logdir = session.config.stash.get(_CARTPOLE_RUN, (None, None))
+  if proc is not None:
+    if proc.poll() is None:  # the suite stopped early
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+    shutil.rmtree(logdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cartpole_run(request):
+  """`(summary, run_dir)` of the CartPole learning run (see above)."""
+  if _CARTPOLE_RUN not in request.config.stash:
+    _start_cartpole_run(request.config)
+  proc, logdir = request.config.stash[_CARTPOLE_RUN]
+  code = finish(proc, timeout=1800)
+  with open(os.path.join(logdir, "train.log")) as f:
+    assert code == 0, f.read()[-3000:]
+  (run_dir,) = glob.glob(os.path.join(logdir, "runs", "*"))
+  with open(os.path.join(run_dir, "summary.json")) as f:
+    return json.load(f), run_dir
