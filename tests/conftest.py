@@ -18,6 +18,23 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA's compilations go to a cache that the test process and the scripts it
+# starts share: the update takes ~15 s to compile on a 2-core CPU, and many
+# runs compile the same one (a run and its resume, a killed run and its
+# reference, the benchmark's loops). The key covers the program, the devices
+# and XLA_FLAGS, so a process loads only what it would have compiled itself.
+# A folder of the session unless JAX_COMPILATION_CACHE_DIR names one.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="muesli_xla_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if "jax" in sys.modules:  # imported before this file: read its settings
+  sys.modules["jax"].config.update(
+      "jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  sys.modules["jax"].config.update(
+      "jax_persistent_cache_min_compile_time_secs",
+      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 # One XLA thread: the same program then gives the same bits every time.
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 # Small networks and replays: most of a short run is compiling the update.
@@ -176,6 +193,8 @@ def pytest_sessionfinish(session):
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
     shutil.rmtree(logdir, ignore_errors=True)
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,11 @@
 """Evaluation and videos: the Evaluator, frame strips, video files and
 scripts/evaluate.py end to end, with tiny random-init networks."""
 
+import contextlib
+import io
 import os
+import sys
+import types
 
 import gymnasium as gym
 import imageio.v2 as iio
@@ -11,12 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from conftest import TINY_NETWORK, run_script, tiny_config
+from conftest import TINY_NETWORK, load_script, tiny_config
 from muesli_jax import checkpoint, envs as envs_lib, evaluation, learner
 from muesli_jax import video
 from muesli_jax.training import build_networks
 
 TINY = dict(TINY_NETWORK, num_bins=11)
+evaluate_script = load_script("evaluate")
 TINY_CONV = dict(TINY, conv_channels=(4,), conv_blocks=0)
 
 
@@ -182,7 +187,17 @@ def run_dir(tmp_path_factory, cartpole):
 
 
 def evaluate(*args):
-  return run_script("evaluate.py", *args, timeout=300)
+  """scripts/evaluate.py with `args`, run in this process (its start-up
+  would be most of a subprocess's time): returncode, stdout and stderr."""
+  argv, stdout, stderr = sys.argv, io.StringIO(), io.StringIO()
+  sys.argv = [evaluate_script.__file__, *map(str, args)]
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      code = evaluate_script.main()
+  finally:
+    sys.argv = argv
+  return types.SimpleNamespace(returncode=code, stdout=stdout.getvalue(),
+                               stderr=stderr.getvalue())
 
 
 def test_evaluate_script_writes_a_video(run_dir, tmp_path):
