@@ -1,11 +1,11 @@
 """What the tests share: runs of the scripts in subprocesses, tiny configs,
-random batches, and the CartPole learning run that several tests read.
+random batches, a compilation cache, and the learning runs that train
+beside the tests and that several tests read.
 
 Test modules import the helpers (`from conftest import ...`); the fixtures
 reach them through pytest.
 """
 
-import glob
 import json
 import os
 import shutil
@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # XLA's compilations go to a cache that the test process and the scripts it
-# starts share: the update takes ~15 s to compile on a 2-core CPU, and many
+# starts share: the update takes 5-15 s to compile on a 2-core CPU, and many
 # runs compile the same one (a run and its resume, a killed run and its
 # reference, the benchmark's loops). The key covers the program, the devices
 # and XLA_FLAGS, so a process loads only what it would have compiled itself.
@@ -160,52 +161,134 @@ def random_batch(batch_size: int, window: int, obs_dim: int,
       mc_valid=np.ones((b, w), np.float32))
 
 
-# The CartPole learning run: configs/cartpole.py as shipped (50k env steps,
-# the synchronous loop), on one XLA thread so that the rest of the suite has
-# the other core. It starts as soon as the tests are collected and trains
-# while they run; the tests that read it run last.
-CARTPOLE_RUN_ARGS = ("--config", "cartpole.py")
-_CARTPOLE_RUN = pytest.StashKey[tuple]()
+# The learning runs train in subprocesses beside the tests, one after the
+# other on one XLA thread, so that the rest of the suite keeps the other
+# core: they start as soon as the tests are collected, and the tests that
+# read them run last. Each writes its run folder into `sys.argv[1]`.
+LEARNING_RUNS = {
+    # configs/cartpole.py as shipped: 50k env steps, the synchronous loop.
+    "cartpole_run": """
+import sys
+from configs import cartpole
+from muesli_jax import training
+config = cartpole.get_config()
+config.logdir = sys.argv[1]
+training.train(config, run_name="run", progress=False)
+""",
+    # The async loop on the shipped config, stopped at 20k of its 50k env
+    # steps: the learning-rate schedule stays the 50k run's.
+    "async_cartpole_run": """
+import sys
+from configs import cartpole
+from muesli_jax import training
+config = cartpole.get_config()
+config.update(async_acting=True, logdir=sys.argv[1])
+training.train(config, run_name="run", progress=False,
+               on_log=lambda env_steps, _: env_steps >= 20_000)
+""",
+    # configs/anakin_cartpole.py as shipped (its learning-rate schedule too),
+    # stopped once the mean of the last 100 episodes reaches 400, or at 400k
+    # env steps.
+    "anakin_cartpole_run": """
+import sys
+from configs import anakin_cartpole
+from muesli_jax import anakin
+config = anakin_cartpole.get_config()
+config.update(solve_return=400.0, logdir=sys.argv[1])
+anakin.train_anakin(config, run_name="run", progress=False,
+                    on_call=lambda env_steps, _: env_steps >= 400_000)
+""",
+}
 
 
-def _start_cartpole_run(config):
-  logdir = tempfile.mkdtemp(prefix="muesli_cartpole_run_")
-  with open(os.path.join(logdir, "train.log"), "w") as log:
-    proc = start_script("train.py", *CARTPOLE_RUN_ARGS,
-                        f"--config.logdir={logdir}/runs",
-                        env=script_env(one_thread=True), stdout=log,
-                        stderr=subprocess.STDOUT, start_new_session=True)
-  config.stash[_CARTPOLE_RUN] = (proc, logdir)
+class _LearningRuns:
+  """Runs `LEARNING_RUNS` one after the other on a thread."""
+
+  def __init__(self, names):
+    self.names = list(names)
+    self.folder = tempfile.mkdtemp(prefix="muesli_learning_runs_")
+    self.done = {name: threading.Event() for name in self.names}
+    self.codes = {}
+    self._proc = None
+    self._stopped = False
+    self._thread = threading.Thread(target=self._run_all, daemon=True)
+    self._thread.start()
+
+  def log(self, name):
+    return os.path.join(self.folder, f"{name}.log")
+
+  def _run_all(self):
+    for name in self.names:
+      if not self._stopped:
+        with open(self.log(name), "w") as log:
+          self._proc = subprocess.Popen(
+              [sys.executable, "-c", LEARNING_RUNS[name],
+               os.path.join(self.folder, name)], cwd=ROOT,
+              env=script_env(one_thread=True), stdout=log,
+              stderr=subprocess.STDOUT, start_new_session=True)
+        self.codes[name] = self._proc.wait()
+      self.done[name].set()
+
+  def stop(self):
+    self._stopped = True
+    proc = self._proc
+    if proc is not None and proc.poll() is None:  # the suite stopped early
+      os.killpg(proc.pid, signal.SIGKILL)
+    self._thread.join()
+    shutil.rmtree(self.folder, ignore_errors=True)
 
 
+_LEARNING = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(trylast=True)  # after `-k` and `-m` have deselected
 def pytest_collection_modifyitems(session, config, items):
-  readers = [item for item in items
-             if "cartpole_run" in getattr(item, "fixturenames", ())]
+  def first_run_read(item):
+    names = getattr(item, "fixturenames", ())
+    return min((i for i, name in enumerate(LEARNING_RUNS) if name in names),
+               default=None)
+  order = {id(item): first_run_read(item) for item in items}
+  readers = [item for item in items if order[id(item)] is not None]
   if readers and not config.option.collectonly:
-    items[:] = [item for item in items if item not in readers] + readers
-    _start_cartpole_run(config)
+    items[:] = ([item for item in items if order[id(item)] is None] +
+                sorted(readers, key=lambda item: order[id(item)]))
+    names = {name for item in readers for name in item.fixturenames}
+    config.stash[_LEARNING] = [_LearningRuns(
+        name for name in LEARNING_RUNS if name in names)]
 
 
 def pytest_sessionfinish(session):
-  proc, logdir = session.config.stash.get(_CARTPOLE_RUN, (None, None))
-  if proc is not None:
-    if proc.poll() is None:  # the suite stopped early
-      os.killpg(proc.pid, signal.SIGKILL)
-      proc.wait()
-    shutil.rmtree(logdir, ignore_errors=True)
+  for runs in session.config.stash.get(_LEARNING, []):
+    runs.stop()
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def cartpole_run(request):
-  """`(summary, run_dir)` of the CartPole learning run (see above)."""
-  if _CARTPOLE_RUN not in request.config.stash:
-    _start_cartpole_run(request.config)
-  proc, logdir = request.config.stash[_CARTPOLE_RUN]
-  code = finish(proc, timeout=1800)
-  with open(os.path.join(logdir, "train.log")) as f:
-    assert code == 0, f.read()[-3000:]
-  (run_dir,) = glob.glob(os.path.join(logdir, "runs", "*"))
+def _learning_run(request, name):
+  """`(summary, run_dir)` of the learning run `name`, once it has ended."""
+  started = request.config.stash.setdefault(_LEARNING, [])
+  runs = next((runs for runs in started if name in runs.done), None)
+  if runs is None:  # not seen at collection
+    runs = _LearningRuns([name])
+    started.append(runs)
+  assert runs.done[name].wait(timeout=1800), f"{name} did not end"
+  with open(runs.log(name)) as f:
+    assert runs.codes.get(name) == 0, f.read()[-3000:]
+  run_dir = os.path.join(runs.folder, name, "run")
   with open(os.path.join(run_dir, "summary.json")) as f:
     return json.load(f), run_dir
+
+
+@pytest.fixture(scope="session")
+def cartpole_run(request):
+  return _learning_run(request, "cartpole_run")
+
+
+@pytest.fixture(scope="session")
+def async_cartpole_run(request):
+  return _learning_run(request, "async_cartpole_run")
+
+
+@pytest.fixture(scope="session")
+def anakin_cartpole_run(request):
+  return _learning_run(request, "anakin_cartpole_run")

@@ -1,6 +1,7 @@
 """Anakin (gymnax): the on-device replay, learning, several devices, errors."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -126,22 +127,18 @@ def test_sampled_windows_are_consecutive_steps_of_one_env():
   assert len(starts_seen) > 10  # the uniform part spreads over the replay
 
 
-def test_anakin_cartpole_learns(tmp_path):
+def test_anakin_cartpole_learns(anakin_cartpole_run):
   """The shipped config (its learning-rate schedule too), stopped at 400k env
   steps: seed 0 reaches a mean of 400 over 100 episodes near 270k."""
-  config = anakin_cartpole.get_config()
-  config.solve_return = 400.0
-  config.logdir = str(tmp_path)
+  summary, run_dir = anakin_cartpole_run
   budget = 400_000
-  summary = anakin.train_anakin(config, run_name="cartpole", progress=False,
-                                on_call=lambda steps, _: steps >= budget)
   assert summary["solved_at_steps"] is not None, summary["returns_last_100"]
   assert summary["solved_at_steps"] <= budget
   assert len(summary["returns_last_100"]) == 100
   assert summary["mean_return_last_100"] >= 400.0
   assert summary["update_compilations"] == 1
-  assert (tmp_path / "cartpole" / "summary.json").is_file()
-  episodes = (tmp_path / "cartpole" / "episodes.csv").read_text().splitlines()
+  with open(os.path.join(run_dir, "episodes.csv")) as f:
+    episodes = f.read().splitlines()
   assert len(episodes) == summary["episodes"] + 1
 
 

@@ -1,6 +1,6 @@
 """Real learning runs: Muesli solves CartPole-v1 within a fixed step budget
-(one run, `cartpole_run` in conftest.py, that the first three tests read) and
-learns in the async loop; how runs stop."""
+(one run, `cartpole_run` in conftest.py, that three tests read) and learns
+in the async loop; how runs stop."""
 
 import glob
 import json
@@ -57,16 +57,11 @@ def test_the_run_folder_holds_what_the_run_wrote(cartpole_run):
   assert os.path.getsize(events) > 0
 
 
-def test_async_acting_learns(tmp_path):
+def test_async_acting_learns(async_cartpole_run):
   """The async loop on the shipped config, stopped at 20k of its 50k env
-  steps (the learning-rate schedule stays the 50k run's): seeds 0 and 1
-  had a mean of 146 and 161 over their last 100 episodes there (random
-  play: ~22)."""
-  config = cartpole.get_config()
-  config.async_acting = True
-  config.logdir = str(tmp_path)
-  summary = training.train(config, run_name="async", progress=False,
-                           on_log=lambda env_steps, _: env_steps >= 20_000)
+  steps: seeds 0 and 1 had a mean of 146 and 161 over their last 100
+  episodes there (random play: ~22)."""
+  summary, run_dir = async_cartpole_run
   assert summary["stopped_early"] and 20_000 <= summary["env_steps"] < 21_000
   assert summary["mean_return_last_100"] >= 100.0, summary["returns_last_100"]
   assert summary["update_compilations"] == 1
@@ -75,7 +70,7 @@ def test_async_acting_learns(tmp_path):
   due = list(range(10_000, summary["env_steps"] + 1, 10_000))
   assert [e["env_steps"] for e in summary["evaluations"]] == due
   saved = sorted(int(step) for step in
-                 os.listdir(tmp_path / "async" / "checkpoints"))
+                 os.listdir(os.path.join(run_dir, "checkpoints")))
   assert saved == sorted({*due, summary["env_steps"]})
 
 
