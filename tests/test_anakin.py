@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_python, script_env
 # gymnax comes with `make` (see the Makefile); without it these tests fail
 # rather than skip.
 from configs import anakin_cartpole
@@ -17,8 +16,6 @@ from muesli_jax import anakin, networks as nets, replay as replay_lib
 from muesli_jax.config import ConfigError
 from muesli_jax.envs import UnknownEnvError
 from muesli_jax.hparams import NetworkHparams
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cartpole_stream(num_envs: int, num_steps: int, capacity: int,
@@ -133,29 +130,19 @@ def test_sampled_windows_are_consecutive_steps_of_one_env():
   assert len(starts_seen) > 10  # the uniform part spreads over the replay
 
 
-def test_anakin_cartpole_learns(tmp_path):
+def test_anakin_cartpole_learns(anakin_cartpole_run):
   """The shipped config (its learning-rate schedule too), stopped at 400k env
   steps: seed 0 reaches a mean of 400 over 100 episodes near 270k."""
-  config = anakin_cartpole.get_config()
-  config.solve_return = 400.0
-  config.logdir = str(tmp_path)
+  summary, run_dir = anakin_cartpole_run
   budget = 400_000
-  summary = anakin.train_anakin(config, run_name="cartpole", progress=False,
-                                on_call=lambda steps, _: steps >= budget)
   assert summary["solved_at_steps"] is not None, summary["returns_last_100"]
   assert summary["solved_at_steps"] <= budget
   assert len(summary["returns_last_100"]) == 100
   assert summary["mean_return_last_100"] >= 400.0
   assert summary["update_compilations"] == 1
-  assert (tmp_path / "cartpole" / "summary.json").is_file()
-  episodes = (tmp_path / "cartpole" / "episodes.csv").read_text().splitlines()
+  with open(os.path.join(run_dir, "episodes.csv")) as f:
+    episodes = f.read().splitlines()
   assert len(episodes) == summary["episodes"] + 1
-
-
-def two_device_env():
-  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-              JAX_PLATFORMS="cpu", PYTHONPATH=path)
 
 
 TWO_DEVICE_RUN = """
@@ -175,9 +162,7 @@ print(json.dumps(anakin.train_anakin(config, run_name="two",
 
 
 def test_two_devices_compile_once_and_stay_identical(tmp_path):
-  proc = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, str(tmp_path)],
-                        env=two_device_env(), cwd=ROOT, capture_output=True,
-                        text=True, timeout=600)
+  proc = run_python(TWO_DEVICE_RUN, tmp_path, env=script_env(devices=2))
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["devices"] == 2

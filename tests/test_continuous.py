@@ -1,9 +1,7 @@
 """Continuous actions: the Gaussian policy, sampled CMPO and the update."""
 
 import json
-import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +9,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import conftest
 from muesli_jax import learner, losses, networks as nets, training
 from muesli_jax.config import load_config_file, validate
 from muesli_jax.replay import SequenceReplay
 from muesli_jax.hparams import LearnerHparams, NetworkHparams
 from configs import pendulum
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import evaluate as evaluate_script  # noqa: E402
+evaluate_script = conftest.load_script("evaluate")
 
 
 # ------------------------------------------------------------------ losses
@@ -211,22 +208,9 @@ def small_config():
 
 
 def continuous_batch(config, action_dim, obs_dim, seed=0):
-  rng = np.random.default_rng(seed)
-  b, w = config.batch_size, config.sequence_length + config.unroll_steps + 1
-  mask = np.ones((b, w), np.float32)
-  discount = np.ones((b, w), np.float32)
-  mask[0, 3] = 0.0; discount[0, 3] = 0.0
-  discount[1, 4] = 0.0; mask[1, 5] = 0.0; discount[1, 5] = 0.0
-  behaviour = np.concatenate([rng.uniform(-1, 1, (b, w, action_dim)),
-                              rng.uniform(0.2, 1.0, (b, w, action_dim))], -1)
-  return learner.Batch(
-      observation=rng.normal(size=(b, w, obs_dim)).astype(np.float32),
-      action=rng.normal(size=(b, w, action_dim)).astype(np.float32),
-      reward=rng.normal(size=(b, w)).astype(np.float32),
-      discount=discount, mask=mask,
-      behaviour_logits=behaviour.astype(np.float32),
-      mc_return=rng.normal(size=(b, w)).astype(np.float32),
-      mc_valid=np.ones((b, w), np.float32))
+  window = config.sequence_length + config.unroll_steps + 1
+  return conftest.random_batch(config.batch_size, window, obs_dim,
+                               action_dim=action_dim, seed=seed)
 
 
 def make(config, action_dim=2, obs_dim=3, squash=False):
@@ -354,9 +338,7 @@ def test_replay_stores_continuous_actions_and_gaussians():
 
 # ------------------------------------------------------------ runs, resume
 
-TINY = dict(num_envs=2, batch_size=4, sequence_length=4, warmup_steps=8,
-            replay_capacity=200, hidden_size=16, head_size=16, num_blocks=1,
-            log_interval=5, action_samples=4)
+TINY = dict(conftest.TINY_RUN, action_samples=4)
 
 
 @pytest.mark.parametrize("name", ["pendulum.py", "lunar_continuous.py",
@@ -387,21 +369,30 @@ def test_a_resumed_continuous_run_is_bit_identical(tmp_path):
           "--config.checkpoint_interval=160", "--config.lr_decay=false"]
   args += [f"--config.{k}={v}" for k, v in TINY.items()]
 
-  def train(*cli):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
-                                                        "train.py"), *cli],
-                          cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+  env = conftest.script_env(one_thread=True)
 
-  train(*args, "--config.total_env_steps=320",
-        f"--config.logdir={tmp_path / 'a'}")
-  train(*args, "--config.total_env_steps=160",
-        f"--config.logdir={tmp_path / 'b'}")
-  (run_b,) = (tmp_path / "b").iterdir()
-  train("--resume", str(run_b), "--config.total_env_steps=320")
+  def start(name, *cli):
+    with open(tmp_path / f"{name}.log", "w") as out:
+      return conftest.start_script("train.py", *cli, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+
+  def check(name, proc):
+    log = (tmp_path / f"{name}.log")
+    assert conftest.finish(proc) == 0, log.read_text()[-2000:]
+
+  # The uninterrupted run and the first part of the other, side by side
+  # (one XLA thread each).
+  whole = start("a", *args, "--config.total_env_steps=320",
+                f"--config.logdir={tmp_path / 'a'}")
+  try:
+    check("b", start("b", *args, "--config.total_env_steps=160",
+                     f"--config.logdir={tmp_path / 'b'}"))
+    (run_b,) = (tmp_path / "b").iterdir()
+    check("resume", start("resume", "--resume", str(run_b),
+                          "--config.total_env_steps=320"))
+    check("a", whole)
+  finally:
+    whole.kill()
   (run_a,) = (tmp_path / "a").iterdir()
   summaries = [json.loads((run / "summary.json").read_text())
                for run in (run_a, run_b)]

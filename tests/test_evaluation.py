@@ -1,9 +1,11 @@
 """Evaluation and videos: the Evaluator, frame strips, video files and
 scripts/evaluate.py end to end, with tiny random-init networks."""
 
+import contextlib
+import io
 import os
-import subprocess
 import sys
+import types
 
 import gymnasium as gym
 import imageio.v2 as iio
@@ -13,24 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from conftest import TINY_NETWORK, load_script, tiny_config
 from muesli_jax import checkpoint, envs as envs_lib, evaluation, learner
 from muesli_jax import video
-from muesli_jax.config import load_config_file
 from muesli_jax.training import build_networks
 from muesli_jax.hparams import LearnerHparams
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
-TINY = dict(hidden_size=16, head_size=16, num_blocks=1, num_bins=11)
+TINY = dict(TINY_NETWORK, num_bins=11)
+evaluate_script = load_script("evaluate")
 TINY_CONV = dict(TINY, conv_channels=(4,), conv_blocks=0)
 
 
 def config_for(name, **overrides):
-  config = load_config_file(name)
-  with config.unlocked():
-    for key, value in overrides.items():
-      config[key] = value
-  return config
+  return tiny_config(name, validate=False, **overrides)
 
 
 def networks_and_params(config):
@@ -192,9 +189,17 @@ def run_dir(tmp_path_factory, cartpole):
 
 
 def evaluate(*args):
-  return subprocess.run([sys.executable, EVALUATE, *map(str, args)],
-                        capture_output=True, text=True, timeout=300,
-                        cwd=ROOT)
+  """scripts/evaluate.py with `args`, run in this process (its start-up
+  would be most of a subprocess's time): returncode, stdout and stderr."""
+  argv, stdout, stderr = sys.argv, io.StringIO(), io.StringIO()
+  sys.argv = [evaluate_script.__file__, *map(str, args)]
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      code = evaluate_script.main()
+  finally:
+    sys.argv = argv
+  return types.SimpleNamespace(returncode=code, stdout=stdout.getvalue(),
+                               stderr=stderr.getvalue())
 
 
 def test_evaluate_script_writes_a_video(run_dir, tmp_path):

@@ -1,14 +1,13 @@
 """The learner's update: finite, compiled once, and the same on 1 or 2 devices."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
 
+import conftest
 from muesli_jax import learner, losses, networks as nets
 from muesli_jax.hparams import LearnerHparams, NetworkHparams
 from configs import cartpole
@@ -29,20 +28,9 @@ def small_config():
 
 def random_batch(config, num_actions, obs_dim, seed=0):
   """A batch with terminations, truncations and reset steps in it."""
-  rng = np.random.default_rng(seed)
-  b, w = config.batch_size, config.sequence_length + config.unroll_steps + 1
-  mask = np.ones((b, w), np.float32)
-  discount = np.ones((b, w), np.float32)
-  mask[0, 3] = 0.0; discount[0, 3] = 0.0  # reset step after a truncation
-  discount[1, 4] = 0.0; mask[1, 5] = 0.0; discount[1, 5] = 0.0  # termination
-  return learner.Batch(
-      observation=rng.normal(size=(b, w, obs_dim)).astype(np.float32),
-      action=rng.integers(0, num_actions, (b, w)).astype(np.int32),
-      reward=rng.normal(size=(b, w)).astype(np.float32),
-      discount=discount, mask=mask,
-      behaviour_logits=rng.normal(size=(b, w, num_actions)).astype(np.float32),
-      mc_return=rng.normal(size=(b, w)).astype(np.float32),
-      mc_valid=np.ones((b, w), np.float32))
+  window = config.sequence_length + config.unroll_steps + 1
+  return conftest.random_batch(config.batch_size, window, obs_dim,
+                               num_actions=num_actions, seed=seed)
 
 
 @pytest.mark.parametrize("value_target", ["retrace", "nstep", "mc"])
@@ -61,7 +49,15 @@ def test_update_is_finite_and_moves_params(value_target):
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), before, state.params)
   assert max(jax.tree.leaves(moved)) > 0
   assert int(state.step) == 1
-  # The target moved by target_update_rate of the way towards the params.
+  # The target moved by target_update_rate of the way towards the params
+  # (init_state starts it at the params, `before`).
+  rate = config.target_update_rate
+  expected = jax.tree.map(lambda new, old: rate * new + (1 - rate) * old,
+                          state.params, before)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6,
+                                                       atol=1e-7),
+               state.target_params, expected)
+  assert 0 < rate < 1  # so a target left behind or copied would fail
   assert np.isfinite(float(state.adv_norm.second_moment))
 
 
@@ -115,10 +111,8 @@ def test_pmap_on_two_devices_equals_one_device():
       assert worst < 1e-5 and loss_diff < 1e-5
       assert max(jax.tree.leaves(replicas)) == 0.0
       """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+  env = conftest.script_env(devices=2, path=(os.path.join(REPO, "tests"),))
+  result = conftest.run_python(script, env=env)
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
   assert "max diff" in result.stdout
 

@@ -5,7 +5,6 @@ from."""
 import os
 import re
 import subprocess
-import sys
 import warnings
 
 import jax
@@ -13,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT, run_python
 from muesli_jax import losses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the training extra brings; the core must not import any of it.
 TRAINING_ONLY = ("gymnasium", "Box2D", "tensorboardX", "orbax", "ml_collections",
                  "tqdm", "PIL")
@@ -29,11 +28,7 @@ def _losses_page_snippet() -> str:
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return run_python(code, timeout=300)
 
 
 def test_losses_page_snippet_runs_as_written_without_the_training_extra():

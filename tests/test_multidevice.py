@@ -5,40 +5,33 @@ set before jax is imported).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import run_script, script_env
 from muesli_jax import learner, networks as nets, placement
 from muesli_jax.config import load_config_file
 from muesli_jax.hparams import LearnerHparams, NetworkHparams
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def two_device_env():
-  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-              JAX_PLATFORMS="cpu", PYTHONPATH=path)
+# Small and short: a run is mostly starting jax and compiling the update;
+# the first update comes at (8 + 7) x 8 = 120 env steps.
+SHORT_RUN = ["--config.total_env_steps=400", "--config.num_envs=8",
+             "--config.batch_size=8", "--config.sequence_length=4",
+             "--config.unroll_steps=2", "--config.warmup_steps=8",
+             "--config.hidden_size=16", "--config.head_size=16",
+             "--config.eval_interval=0"]
 
 
 @pytest.mark.parametrize("args", [
-    ["--config", "cartpole.py", "--config.total_env_steps=1500"],
+    ["--config", "cartpole.py", *SHORT_RUN],
     # Continuous actions: each device draws its own prior samples.
-    ["--config", "pendulum.py", "--config.total_env_steps=1500",
-     "--config.hidden_size=32", "--config.head_size=32",
-     "--config.action_samples=4", "--config.eval_interval=0"],
+    ["--config", "pendulum.py", *SHORT_RUN, "--config.action_samples=4"],
 ])
 def test_whole_run_on_two_devices_compiles_once(tmp_path, args):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args,
-       f"--config.logdir={tmp_path}"],
-      env=two_device_env(), cwd=tmp_path, capture_output=True, text=True,
-      timeout=600)
+  proc = run_script("train.py", *args, f"--config.logdir={tmp_path}",
+                    cwd=tmp_path, env=script_env(devices=2))
   assert proc.returncode == 0, proc.stderr[-3000:]
   (summary_path,) = tmp_path.glob("*/summary.json")
   summary = json.loads(summary_path.read_text())
@@ -50,13 +43,12 @@ def test_whole_run_on_two_devices_compiles_once(tmp_path, args):
 
 def test_benchmark_counts_compilations_on_two_devices(tmp_path):
   out = tmp_path / "bench.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
-       "--config", "cartpole.py", "--out", str(out), "--reps", "1",
-       "--seconds", "0.3", "--config.batch_size=4",
-       "--config.sequence_length=4"],
-      env=two_device_env(), cwd=tmp_path, capture_output=True, text=True,
-      timeout=600)
+  # The loops are training.train runs, whose compilations on two devices
+  # the test above counts.
+  proc = run_script("benchmark.py", "--config", "cartpole.py", "--out", out,
+                    "--reps", "1", "--seconds", "0.3", "--no-loops",
+                    "--config.batch_size=4", "--config.sequence_length=4",
+                    cwd=tmp_path, env=script_env(devices=2))
   assert proc.returncode == 0, proc.stderr[-3000:]
   figure = json.loads(out.read_text())["figures"]["update compilations"]
   assert figure["values"] == [1]

@@ -19,6 +19,7 @@ import time
 import jax
 import pytest
 
+from conftest import script_env
 from configs import cartpole
 from muesli_jax import builder, checkpoint, envs as envs_lib, learner
 from muesli_jax import run_record
@@ -41,15 +42,10 @@ def _free_port() -> int:
 
 
 def _env(local_devices: int):
-  env = {k: v for k, v in os.environ.items()
-         # No cluster for jax to detect: the config says how to join.
-         if not k.startswith(("JAX_COORDINATOR", "SLURM_", "OMPI_", "PMI_"))}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      f"--xla_force_host_platform_device_count={local_devices} "
-      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"))
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-  return env
+  env = script_env(devices=local_devices, one_thread=True)
+  # No cluster for jax to detect: the config says how to join.
+  return {k: v for k, v in env.items()
+          if not k.startswith(("JAX_COORDINATOR", "SLURM_", "OMPI_", "PMI_"))}
 
 
 class Processes:

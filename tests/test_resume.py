@@ -7,21 +7,18 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import finish, run_script, script_env, start_script
 from configs import cartpole
 from muesli_jax import builder, checkpoint, envs as envs_lib, learner
 from muesli_jax import run_record, training
 from muesli_jax.hparams import LearnerHparams
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One XLA thread: the same program then gives the same bits every time.
-ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 RUN_ARGS = ["--config", "cartpole.py", "--config.total_env_steps=6000",
             "--config.checkpoint_interval=800", "--config.eval_interval=0",
             # Logs never flushed by a log step: the rows up to a checkpoint
@@ -30,17 +27,8 @@ RUN_ARGS = ["--config", "cartpole.py", "--config.total_env_steps=6000",
             "--config.head_size=32"]
 
 
-def _env():
-  env = dict(os.environ, XLA_FLAGS=ONE_THREAD, JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-  return env
-
-
-def _train(*args, **kwargs):
-  return subprocess.run([sys.executable, "scripts/train.py", *args], cwd=REPO,
-                        env=_env(), capture_output=True, text=True,
-                        timeout=600, **kwargs)
+def _train(*args):
+  return run_script("train.py", *args, env=script_env(one_thread=True))
 
 
 def _run_dir(logdir):
@@ -69,28 +57,36 @@ def _returns(run_dir):
 def test_kill_9_at_a_random_update_then_resume_is_bit_identical(tmp_path,
                                                                 async_acting):
   run_args = RUN_ARGS + [f"--config.async_acting={async_acting}"]
-  uninterrupted = _train(*run_args, f"--config.logdir={tmp_path / 'a'}")
-  assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+  env = script_env(one_thread=True)
+  # The uninterrupted run goes on beside the one that is killed and its
+  # resume (one XLA thread each).
+  log = tmp_path / "uninterrupted.log"
+  with open(log, "w") as out:
+    uninterrupted = start_script("train.py", *run_args,
+                                 f"--config.logdir={tmp_path / 'a'}",
+                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+  try:
+    logdir = tmp_path / "b"
+    proc = start_script("train.py", *run_args, f"--config.logdir={logdir}",
+                        env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not glob.glob(str(logdir / "*" / "checkpoints" / "800")):
+      assert proc.poll() is None and time.time() < deadline, "no checkpoint"
+      time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    run_dir = _run_dir(logdir)
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+    killed_at = max(checkpoint.Checkpoints(run_dir).steps())
+    assert killed_at < 6000, "the run ended before it was killed"
 
-  logdir = tmp_path / "b"
-  proc = subprocess.Popen(
-      [sys.executable, "scripts/train.py", *run_args,
-       f"--config.logdir={logdir}"], cwd=REPO, env=_env(),
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not glob.glob(str(logdir / "*" / "checkpoints" / "800")):
-    assert proc.poll() is None and time.time() < deadline, "no checkpoint"
-    time.sleep(0.05)
-  time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL
-  run_dir = _run_dir(logdir)
-  assert not os.path.exists(os.path.join(run_dir, "summary.json"))
-  killed_at = max(checkpoint.Checkpoints(run_dir).steps())
-  assert killed_at < 6000, "the run ended before it was killed"
-
-  resumed = _train("--resume", run_dir)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = _train("--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert finish(uninterrupted) == 0, log.read_text()[-2000:]
+  finally:
+    uninterrupted.kill()
   with open(os.path.join(run_dir, "summary.json")) as f:
     summary = json.load(f)
   assert summary["resumed_at"] == [killed_at]
@@ -186,11 +182,10 @@ def test_bad_run_folders_stop_with_one_error_line(args, message):
 
 
 def test_resume_with_another_network_or_a_run_without_checkpoints(tmp_path):
-  logdir = tmp_path / "runs"
-  first = _train("--config", "cartpole.py", "--config.total_env_steps=400",
-                 "--config.eval_interval=0", f"--config.logdir={logdir}")
-  assert first.returncode == 0, first.stderr[-2000:]
-  run_dir = _run_dir(logdir)
+  config = cartpole.get_config()
+  config.update(total_env_steps=400, eval_interval=0, logdir=str(tmp_path))
+  training.train(config, run_name="run", progress=False)
+  run_dir = str(tmp_path / "run")
   line = _one_error_line(_train("--resume", run_dir,
                                 "--config.hidden_size=16"))
   assert "does not match this config" in line

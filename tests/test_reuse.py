@@ -47,10 +47,12 @@ def _loss(network, params, target_params, adv_norm, rollout):
   return jnp.mean(policy) + 0.5 * jnp.mean(critic), adv_norm
 
 
-def test_an_actor_critic_with_a_cmpo_regulariser_learns_cartpole():
+def train_actor_critic(seed: int, env_steps: int):
+  """Trains the agent for `env_steps` steps of `NUM_ENVS` CartPoles; returns
+  the returns of the episodes it finished, in order."""
   network = hk.without_apply_rng(hk.transform(_network))
   optimizer = optax.adam(3e-3)
-  params = network.init(jax.random.PRNGKey(0), jnp.zeros([1, 4]))
+  params = network.init(jax.random.PRNGKey(seed), jnp.zeros([1, 4]))
   target_params = params
   opt_state = optimizer.init(params)
   adv_norm = losses.init_adv_norm()
@@ -76,11 +78,11 @@ def test_an_actor_critic_with_a_cmpo_regulariser_learns_cartpole():
                       vectorization_mode="sync",
                       vector_kwargs=dict(
                           autoreset_mode=gym.vector.AutoresetMode.SAME_STEP))
-  observation, _ = envs.reset(seed=0)
-  key = jax.random.PRNGKey(1)
+  observation, _ = envs.reset(seed=seed)
+  key = jax.random.PRNGKey(seed + 1)
   episode_return = np.zeros(NUM_ENVS)
   finished = []
-  for _ in range(80_000 // (NUM_ENVS * ROLLOUT)):
+  for _ in range(env_steps // (NUM_ENVS * ROLLOUT)):
     rollout = ([observation], [], [], [], [])
     for _ in range(ROLLOUT):
       key, step_key = jax.random.split(key)
@@ -99,6 +101,13 @@ def test_an_actor_critic_with_a_cmpo_regulariser_learns_cartpole():
     params, target_params, opt_state, adv_norm = update(
         params, target_params, opt_state, adv_norm, rollout)
   envs.close()
-  # A random policy averages ~22; seeds 0-3 of this agent reached 385, 393,
-  # 331 and 197 (mean of their last 20 episodes).
-  assert np.mean(finished[-20:]) >= 200.0, finished[-20:]
+  return finished
+
+
+def test_an_actor_critic_with_a_cmpo_regulariser_learns_cartpole():
+  finished = train_actor_critic(seed=0, env_steps=40_000)
+  # A random policy averages ~22. Seeds 0-5 (the seed of the init, of the
+  # envs and, plus one, of the actions) reached 140, 171, 155, 159, 205 and
+  # 158 at 40k env steps (the mean of their last 20 episodes); at 80k, 385,
+  # 354, 290, 367, 465 and 208.
+  assert np.mean(finished[-20:]) >= 100.0, finished[-20:]

@@ -15,8 +15,9 @@ from muesli_jax import config as config_lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "scripts", "sweep.py")
-# A tiny CartPole run: ~20 s, most of it compiling the update.
-TINY = dict(total_env_steps=1500, num_envs=4, hidden_size=16, head_size=16,
+# A tiny CartPole run, most of it compiling the update (the first update
+# comes at (16 + 4 + unroll_steps + 1) x 4 <= 104 env steps).
+TINY = dict(total_env_steps=600, num_envs=4, hidden_size=16, head_size=16,
             num_bins=21, batch_size=4, sequence_length=4, log_interval=5,
             replay_capacity=500, warmup_steps=16)
 # Evaluation and checkpoints, where training has them, would only add time.
