@@ -330,7 +330,7 @@ class Anakin:
     window = window_length(config)
     axis = learner.AXIS if num_devices > 1 else None
     hparams = LearnerHparams.from_config(config)
-    self._update = placement.Traced(learner.make_update(networks, hparams,
+    self._update = types.Traced(learner.make_update(networks, hparams,
                                                         axis))
     reset, actor_step = make_actor(env, env_params, networks)
     envs, batch = self.envs_per_device, self.batch_per_device

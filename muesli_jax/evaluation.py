@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from muesli_jax import envs as envs_lib
-from muesli_jax.types import FrameStack
+from muesli_jax.types import FrameStack, Traced
 from muesli_jax.networks import MuesliNetworks
 
 # A recording stops at whichever comes first (the episode still runs to its
@@ -136,11 +136,9 @@ class Evaluator:
     self._max_frames = max_frames
     self._max_frame_bytes = max_frame_bytes
     self._envs = None
-    self._traces = 0
     self._render_failed = False
 
     def act(params, observation, rng, step):
-      self._traces += 1  # Runs only while tracing.
       hidden = networks.represent(params, observation)
       logits = networks.predict(params, hidden).policy_logits
       policy = networks.policy(logits)
@@ -149,12 +147,13 @@ class Evaluator:
       # Folding in the step number avoids host-side key splitting per step.
       return policy.sample(jax.random.fold_in(rng, step))
 
-    self._act = jax.jit(act)
+    self._traced_act = Traced(act)
+    self._act = jax.jit(self._traced_act)
 
   @property
   def traces(self) -> int:
     """How many times the act function was compiled (1 after any calls)."""
-    return self._traces
+    return self._traced_act.traces
 
   @property
   def num_envs(self) -> int:

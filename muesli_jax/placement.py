@@ -1,12 +1,10 @@
 """Device placement of the update: `jit` on one device, `pmap` over several
 (and over the devices of every process of a multi-process run).
 
-`DeviceUpdate` hides the difference from the loops; `Traced` counts how
-often a function is traced (one compilation per run is the rule the loops
-report); `first_replica` reads one replica of a replicated tree.
+`DeviceUpdate` hides the difference from the loops and counts the update's
+compilations (`types.Traced`: one per run is the rule the loops report);
+`first_replica` reads one replica of a replicated tree.
 """
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,18 +12,7 @@ import numpy as np
 
 from muesli_jax import learner
 from muesli_jax.errors import ConfigError
-
-
-class Traced:
-  """Wraps `fn` and counts the times it is traced (it runs in Python only
-  while a `jit`/`pmap`/`scan` traces it)."""
-
-  def __init__(self, fn: Callable):
-    self.fn, self.traces = fn, 0
-
-  def __call__(self, *args):
-    self.traces += 1
-    return self.fn(*args)
+from muesli_jax.types import Traced
 
 
 def check_batch_split(batch_size: int, num_devices: int) -> None:

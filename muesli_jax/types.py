@@ -1,9 +1,22 @@
 """The types that travel between the modules: a replay batch, an env's
-spec, frame stacks. They stand below every module that uses them."""
+spec, frame stacks, a traced-function counter. They stand below every
+module that uses them."""
 
-from typing import Any, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import numpy as np
+
+
+class Traced:
+  """Wraps `fn` and counts the times it is traced (it runs in Python only
+  while a `jit`/`pmap`/`scan` traces it)."""
+
+  def __init__(self, fn: Callable):
+    self.fn, self.traces = fn, 0
+
+  def __call__(self, *args):
+    self.traces += 1
+    return self.fn(*args)
 
 
 def window_length(sequence_length: int, unroll_steps: int) -> int:

@@ -18,7 +18,7 @@ from PIL import Image, ImageSequence
 from conftest import TINY_NETWORK, load_script, tiny_config
 from muesli_jax import checkpoint, envs as envs_lib, evaluation, learner
 from muesli_jax import video
-from muesli_jax.training import build_networks
+from muesli_jax.builder import build_networks
 from muesli_jax.hparams import LearnerHparams
 
 TINY = dict(TINY_NETWORK, num_bins=11)

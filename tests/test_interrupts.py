@@ -159,31 +159,24 @@ EVALUATIONS = {
 }
 
 
-@pytest.mark.parametrize("evaluation", sorted(EVALUATIONS))
-def test_sigterm_during_an_evaluation(start, evaluation):
+@pytest.mark.parametrize("evaluation,signals", [
+    ("final", [signal.SIGTERM]),
+    ("periodic", [signal.SIGTERM]),
+    # A second Ctrl-C, half a second after the first, may cut the
+    # evaluation short, never the save.
+    ("final", [signal.SIGINT, signal.SIGINT]),
+])
+def test_interrupted_during_an_evaluation(start, evaluation, signals):
   args, saved_before = EVALUATIONS[evaluation]
   run = start(*args, f"--config.eval_episodes={EVAL_EPISODES}")
   run.wait_for(os.path.join("checkpoints", str(saved_before)))
   time.sleep(SETTLE_SECONDS)
-  run.signal(signal.SIGTERM)
-
-  returncode, _, stderr, run_dir = run.finish()
-
-  summary = _assert_ended_cleanly(returncode, stderr, run_dir)
-  assert summary["env_steps"] == EARLY_STEP
-  _assert_newest_checkpoint_is_the_last_step(summary, run_dir)
-
-
-def test_two_ctrl_c_during_the_final_evaluation(start):
-  """The second may cut the evaluation short, never the save."""
-  args, saved_before = EVALUATIONS["final"]
-  run = start(*args, f"--config.eval_episodes={EVAL_EPISODES}")
-  run.wait_for(os.path.join("checkpoints", str(saved_before)))
-  time.sleep(SETTLE_SECONDS)
-  run.signal(signal.SIGINT)
-  time.sleep(0.5)  # a second Ctrl-C, half a second after the first
-  if run.proc.poll() is None:
-    run.signal(signal.SIGINT)
+  for i, signum in enumerate(signals):
+    if i:
+      time.sleep(0.5)
+      if run.proc.poll() is not None:
+        break
+    run.signal(signum)
 
   returncode, _, stderr, run_dir = run.finish()
 
