@@ -143,6 +143,23 @@ def check_action_space(space: gym.Space, env_id: str) -> None:
                         "takes Discrete or bounded Box actions")
 
 
+class BoolToUint8(gym.ObservationWrapper):
+  """MinAtar's boolean channels as uint8 0/1: one byte a cell, as stored.
+
+  Not gymnasium's `DtypeObservation`, which gives the same observations
+  but pickles as its constructor's arguments (`EzPickle`): an env behind it
+  could not be snapshot, and a MinAtar run would lose its exact resume.
+  """
+
+  def __init__(self, env):
+    super().__init__(env)
+    self.observation_space = gym.spaces.Box(
+        0, 1, env.observation_space.shape, np.uint8)
+
+  def observation(self, observation):
+    return observation.astype(np.uint8)
+
+
 class UnitBoxActions(gym.ActionWrapper):
   """A bounded Box action space seen as [-1, 1]^D: actions are clipped
   there (the policy's Gaussian samples may fall outside), then mapped
@@ -211,8 +228,7 @@ def _make_env(config, render: bool = False) -> gym.Env:
     env = ImageFromDict(env, _image_key(env.observation_space, env_id))
   if (isinstance(env.observation_space, gym.spaces.Box) and
       env.observation_space.dtype == np.bool_):
-    # MinAtar's boolean channels as uint8 0/1: one byte a cell, as stored.
-    env = gym.wrappers.DtypeObservation(env, np.uint8)
+    env = BoolToUint8(env)
   return env
 
 

@@ -162,11 +162,9 @@ def test_trial_outcomes(tmp_path, capsys):
   sweep = import_sweep()
   TS = optuna.trial.TrialState
 
-  class Diverged(RuntimeError):
-    pass
+  from muesli_jax.errors import NonFiniteLossError as Diverged
 
   class FakeTraining:
-    NonFiniteLossError = Diverged
 
     def __init__(self, outcome):
       self.outcome = outcome
