@@ -20,7 +20,7 @@ train: install
 	$(PY) scripts/train.py --config $(CONFIG)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

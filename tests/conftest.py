@@ -161,10 +161,12 @@ def random_batch(batch_size: int, window: int, obs_dim: int,
       mc_valid=np.ones((b, w), np.float32))
 
 
-# The learning runs train in subprocesses beside the tests, one after the
-# other on one XLA thread, so that the rest of the suite keeps the other
-# core: they start as soon as the tests are collected, and the tests that
-# read them run last. Each writes its run folder into `sys.argv[1]`.
+# The learning runs train in subprocesses, on one XLA thread. In a plain
+# pytest session they train beside the tests, one after the other, so that
+# the rest of the suite keeps the other core: they start as soon as the
+# tests are collected, and the tests that read them run last. Under
+# pytest-xdist (`--dist loadfile` keeps the readers of a run on one worker)
+# the first reader starts its run. Each writes its run folder into `sys.argv[1]`.
 LEARNING_RUNS = {
     # configs/cartpole.py as shipped: 50k env steps, the synchronous loop.
     "cartpole_run": """
@@ -239,6 +241,12 @@ class _LearningRuns:
 
 
 _LEARNING = pytest.StashKey[list]()
+# The test files that take longest on a 2-core machine, the longest first
+# (test_learning and test_anakin train the learning runs).
+SLOWEST_FILES = ("test_learning.py", "test_continuous.py", "test_multihost.py",
+                 "test_resume.py", "test_anakin.py", "test_learner.py",
+                 "test_pixels.py", "test_multidevice.py", "test_benchmark.py",
+                 "test_checkpoint_recovery.py", "test_interrupts.py")
 
 
 @pytest.hookimpl(trylast=True)  # after `-k` and `-m` have deselected
@@ -248,6 +256,15 @@ def pytest_collection_modifyitems(session, config, items):
     return min((i for i, name in enumerate(LEARNING_RUNS) if name in names),
                default=None)
   order = {id(item): first_run_read(item) for item in items}
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (`make test`) a worker trains a run when its first
+    # reader asks for it: each worker collects every test but runs only
+    # some, and the two workers already keep both cores busy. The slowest
+    # files go first (`--no-loadscope-reorder` keeps this order), so that
+    # the two workers end together.
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    return
   readers = [item for item in items if order[id(item)] is not None]
   if readers and not config.option.collectonly:
     items[:] = ([item for item in items if order[id(item)] is None] +

@@ -24,6 +24,8 @@ def run_benchmark(tmp_path, *args):
   out = tmp_path / "bench.json"
   proc = run_script("benchmark.py", "--config", "cartpole.py", "--out", out,
                     "--config.batch_size=4", "--config.sequence_length=4",
+                    "--config.hidden_size=16", "--config.head_size=16",
+                    "--config.num_blocks=1",
                     *args, cwd=tmp_path)
   return proc, out
 

@@ -13,8 +13,9 @@ import pytest
 from muesli_jax import checkpoint, learner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--config.hidden_size=32", "--config.head_size=32",
-         "--config.eval_interval=0"]
+SMALL = ["--config.hidden_size=16", "--config.head_size=16",
+         "--config.num_blocks=1", "--config.batch_size=8",
+         "--config.sequence_length=4", "--config.eval_interval=0"]
 
 
 def _env():

@@ -164,7 +164,8 @@ def test_a_run_too_short_to_update_says_so(tmp_path):
   # CartPole: 8 envs, warm-up 64 + a window of 22 steps -> the first update
   # at 688 env steps.
   args = ["--config", "cartpole.py", "--config.eval_interval=0",
-          "--config.checkpoint_interval=0"]
+          "--config.checkpoint_interval=0", "--config.hidden_size=16",
+          "--config.head_size=16", "--config.num_blocks=1"]
   for steps, updates in ((600, 0), (688, 1)):
     proc = run_train(*args, f"--config.total_env_steps={steps}",
                      f"--config.logdir={tmp_path / str(steps)}")

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from muesli_jax import losses, networks as nets
 from muesli_jax.hparams import NetworkHparams
 
-SETTINGS = settings(deadline=None, max_examples=25)
+SETTINGS = settings(deadline=None, max_examples=10)
 
 
 def _log_softmax64(logits):
