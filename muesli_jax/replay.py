@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from muesli_jax.types import Batch, stack_frames, stacked_shape  # noqa: F401
+from muesli_jax.types import Batch, stack_frames
 
 
 def replay_nbytes(capacity: int, num_envs: int, frame_shape, frame_dtype,

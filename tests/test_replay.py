@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from muesli_jax.replay import SequenceReplay, stack_frames, stacked_shape
+from muesli_jax.replay import SequenceReplay
+from muesli_jax.types import stack_frames, stacked_shape
 
 NUM_ACTIONS = 2
 
