@@ -36,32 +36,35 @@ if "jax" in sys.modules:  # imported before this file: read its settings
   sys.modules["jax"].config.update(
       "jax_persistent_cache_min_compile_time_secs",
       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-# One XLA thread: the same program then gives the same bits every time.
+# One XLA thread in every process of the suite: the same program then gives
+# the same bits every time; the test processes and the scripts they start
+# share compiled programs (the cache key covers XLA_FLAGS); and the two
+# pytest-xdist workers, which already keep both cores busy, do not contend
+# with each other's thread pools. Set before jax starts its backend.
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+if ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      f for f in (os.environ.get("XLA_FLAGS"), ONE_THREAD) if f)
 # Small networks and replays: most of a short run is compiling the update.
 TINY_NETWORK = dict(hidden_size=16, head_size=16, num_blocks=1)
 TINY_RUN = dict(TINY_NETWORK, num_envs=2, batch_size=4, sequence_length=4,
                 warmup_steps=8, replay_capacity=200, log_interval=5)
 
 
-def script_env(devices: int = 0, one_thread: bool = False,
-               path: tuple = ()) -> dict:
-  """The environment of a subprocess that runs this checkout on the CPU.
+def script_env(devices: int = 0, path: tuple = ()) -> dict:
+  """The environment of a subprocess that runs this checkout on the CPU, on
+  one XLA thread.
 
   Args:
     devices: forced host CPU devices (the flag must be set before jax is
       imported, hence a subprocess); 0 leaves jax's default of one.
-    one_thread: one XLA thread, for bit-identical reruns.
     path: folders put on PYTHONPATH after the repository root.
   """
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  flags = []
+  flags = [ONE_THREAD]
   if devices:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  if one_thread:
-    flags.append(ONE_THREAD)
-  if flags:
-    env["XLA_FLAGS"] = " ".join(flags)
+    flags.insert(0, f"--xla_force_host_platform_device_count={devices}")
+  env["XLA_FLAGS"] = " ".join(flags)
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (ROOT, *path, os.environ.get("PYTHONPATH")) if p)
   return env
@@ -168,14 +171,25 @@ def random_batch(batch_size: int, window: int, obs_dim: int,
 # pytest-xdist (`--dist loadfile` keeps the readers of a run on one worker)
 # the first reader starts its run. Each writes its run folder into `sys.argv[1]`.
 LEARNING_RUNS = {
-    # configs/cartpole.py as shipped: 50k env steps, the synchronous loop.
+    # configs/cartpole.py as shipped (its 50k env-step budget and schedule),
+    # the synchronous loop, stopped at the first log once it has learnt:
+    # the mean of the last 100 episodes at least 200 and an evaluation at
+    # least 450 (test_learning.py asserts both from the summary).
     "cartpole_run": """
 import sys
 from configs import cartpole
 from muesli_jax import training
 config = cartpole.get_config()
 config.logdir = sys.argv[1]
-training.train(config, run_name="run", progress=False)
+best = []
+evaluate = training.evaluate
+def recorded_evaluate(run):
+  figures = evaluate(run)
+  best.append(figures["return_mean"])
+  return figures
+training.evaluate = recorded_evaluate
+training.train(config, run_name="run", progress=False,
+               on_log=lambda _, mean: mean >= 200 and max(best, default=0) >= 450)
 """,
     # The async loop on the shipped config, stopped at 20k of its 50k env
     # steps: the learning-rate schedule stays the 50k run's.
@@ -226,7 +240,7 @@ class _LearningRuns:
           self._proc = subprocess.Popen(
               [sys.executable, "-c", LEARNING_RUNS[name],
                os.path.join(self.folder, name)], cwd=ROOT,
-              env=script_env(one_thread=True), stdout=log,
+              env=script_env(), stdout=log,
               stderr=subprocess.STDOUT, start_new_session=True)
         self.codes[name] = self._proc.wait()
       self.done[name].set()

@@ -204,6 +204,8 @@ def small_config():
   config.head_size = 16
   config.num_bins = 21
   config.action_samples = 5
+  # Two model steps unroll like five (k > 1 included) and compile faster.
+  config.unroll_steps = 2
   return config
 
 
@@ -369,7 +371,7 @@ def test_a_resumed_continuous_run_is_bit_identical(tmp_path):
           "--config.checkpoint_interval=160", "--config.lr_decay=false"]
   args += [f"--config.{k}={v}" for k, v in TINY.items()]
 
-  env = conftest.script_env(one_thread=True)
+  env = conftest.script_env()
 
   def start(name, *cli):
     with open(tmp_path / f"{name}.log", "w") as out:
@@ -380,14 +382,15 @@ def test_a_resumed_continuous_run_is_bit_identical(tmp_path):
     log = (tmp_path / f"{name}.log")
     assert conftest.finish(proc) == 0, log.read_text()[-2000:]
 
-  # The uninterrupted run and the first part of the other, side by side
-  # (one XLA thread each).
+  # The first part of one run; then its resume and the uninterrupted run,
+  # side by side (one XLA thread each), load its update from the
+  # compilation cache.
+  check("b", start("b", *args, "--config.total_env_steps=160",
+                   f"--config.logdir={tmp_path / 'b'}"))
+  (run_b,) = (tmp_path / "b").iterdir()
   whole = start("a", *args, "--config.total_env_steps=320",
                 f"--config.logdir={tmp_path / 'a'}")
   try:
-    check("b", start("b", *args, "--config.total_env_steps=160",
-                     f"--config.logdir={tmp_path / 'b'}"))
-    (run_b,) = (tmp_path / "b").iterdir()
     check("resume", start("resume", "--resume", str(run_b),
                           "--config.total_env_steps=320"))
     check("a", whole)

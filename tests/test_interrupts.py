@@ -37,8 +37,10 @@ SETTLE_SECONDS = 0.5
 TIMEOUT = 300  # generous: the machine may be shared
 
 
-def _env():
+def _env(compilation_cache: bool = True):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if not compilation_cache:
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
   return env
@@ -47,13 +49,14 @@ def _env():
 class _Run:
   """`scripts/train.py` in the background, its output in files."""
 
-  def __init__(self, tmp_path, *args):
+  def __init__(self, tmp_path, *args, compilation_cache: bool = True):
     self.logdir = tmp_path / "runs"
     self._stdout = open(tmp_path / "stdout.txt", "w+")
     self._stderr = open(tmp_path / "stderr.txt", "w+")
     self.proc = subprocess.Popen(
         [sys.executable, "scripts/train.py", *SMALL, *args,
-         f"--config.logdir={self.logdir}"], cwd=REPO, env=_env(),
+         f"--config.logdir={self.logdir}"], cwd=REPO,
+        env=_env(compilation_cache),
         stdout=self._stdout, stderr=self._stderr)
 
   def output(self):
@@ -109,8 +112,8 @@ class _Run:
 def start(tmp_path):
   runs = []
 
-  def start_run(*args):
-    runs.append(_Run(tmp_path, *args))
+  def start_run(*args, **kwargs):
+    runs.append(_Run(tmp_path, *args, **kwargs))
     return runs[-1]
 
   yield start_run
@@ -188,8 +191,10 @@ def test_interrupted_during_an_evaluation(start, evaluation, signals):
 def test_sigterm_during_the_first_compilation_of_the_update(start):
   # With 8 warm-up steps the first batch is drawn at vector step 8 + 22
   # (one window): env step 240, in the iteration after the save at 232.
+  # Compiled here, not loaded from the suite's compilation cache.
   run = start("--config.warmup_steps=8", "--config.total_env_steps=2000",
-              "--config.checkpoint_interval=232", "--config.eval_interval=0")
+              "--config.checkpoint_interval=232", "--config.eval_interval=0",
+              compilation_cache=False)
   run.wait_for(os.path.join("checkpoints", "232"))
   time.sleep(SETTLE_SECONDS)
   run.signal(signal.SIGTERM)

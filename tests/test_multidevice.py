@@ -44,11 +44,11 @@ def test_whole_run_on_two_devices_compiles_once(tmp_path, args):
 def test_benchmark_counts_compilations_on_two_devices(tmp_path):
   out = tmp_path / "bench.json"
   # The loops are training.train runs, whose compilations on two devices
-  # the test above counts.
+  # the test above counts. The config of its CartPole run: the update it
+  # compiled is loaded from the compilation cache.
   proc = run_script("benchmark.py", "--config", "cartpole.py", "--out", out,
                     "--reps", "1", "--seconds", "0.3", "--no-loops",
-                    "--config.batch_size=4", "--config.sequence_length=4",
-                    cwd=tmp_path, env=script_env(devices=2))
+                    *SHORT_RUN, cwd=tmp_path, env=script_env(devices=2))
   assert proc.returncode == 0, proc.stderr[-3000:]
   figure = json.loads(out.read_text())["figures"]["update compilations"]
   assert figure["values"] == [1]
