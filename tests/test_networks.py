@@ -78,3 +78,28 @@ def test_scale_gradient_halves_gradient_only():
 def test_scale_hidden_maps_min_to_minus_one_and_max_to_one():
   h = nets.scale_hidden(jnp.array([[2.0, 4.0, 3.0]]))
   np.testing.assert_allclose(h, [[-1.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("shape", [(3, 10, 10, 4), (2, 5, 5, 3), (2, 7, 9, 1),
+                                   (2, 1, 1, 2), (1, 84, 84, 2)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_has_haikus_values_and_gradients_bit_for_bit(shape, ties):
+  """The conv torso's pooling: the values and gradients of `hk.max_pool(x,
+  3, 2, "SAME")`, ties (MinAtar's 0/1 frames are full of them) included."""
+  import haiku as hk
+  x = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32)
+  if ties:
+    x = np.round(x)  # most windows hold their maximum more than once
+  x = jnp.asarray(x)
+  reference = lambda y: hk.max_pool(y, 3, 2, "SAME")
+  fast = lambda y: nets.max_pool(y, 3, 2)
+  np.testing.assert_array_equal(fast(x), reference(x))
+
+  def loss(pool):
+    # Distinct weights per output: a gradient sent to the wrong input, or
+    # summed in another order where windows overlap, changes the result.
+    return lambda y: jnp.sum(jnp.sin(pool(y)) *
+                             jnp.arange(pool(y).size).reshape(pool(y).shape))
+
+  np.testing.assert_array_equal(jax.jit(jax.grad(loss(fast)))(x),
+                                jax.jit(jax.grad(loss(reference)))(x))
