@@ -223,7 +223,7 @@ def _pool_geometry(size: int, window: int, stride: int):
 
 def _pool_views(x: Array, window: int, stride: int):
   """The `window**2` strided views `[N, H', W', C]` of a "SAME" max-pool,
-  in the row-major order of the window, and the padded input's shape."""
+  in the row-major order of the window."""
   (oh, bh, ah), (ow, bw, aw) = (_pool_geometry(x.shape[1], window, stride),
                                 _pool_geometry(x.shape[2], window, stride))
   padded = jnp.pad(x, ((0, 0), (bh, ah), (bw, aw), (0, 0)),
@@ -231,7 +231,7 @@ def _pool_views(x: Array, window: int, stride: int):
   views = [padded[:, i:i + (oh - 1) * stride + 1:stride,
                   j:j + (ow - 1) * stride + 1:stride]
            for i in range(window) for j in range(window)]
-  return views, padded.shape, (bh, bw)
+  return views
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -243,10 +243,9 @@ def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
   CPU backend runs slowly (on MinAtar's 10x10 frames it cost more than the
   conv's own gradient). Here the window is `window**2` strided views and
   their maximum; the gradient goes to the first maximum of each window in
-  row-major order, as select-and-scatter sends it, through padding (the
-  transpose of a strided slice).
+  row-major order, as select-and-scatter sends it.
   """
-  views, _, _ = _pool_views(x, window, stride)
+  views = _pool_views(x, window, stride)
   out = views[0]
   for view in views[1:]:
     out = jnp.maximum(out, view)
@@ -254,32 +253,41 @@ def max_pool(x: Array, window: int = 3, stride: int = 2) -> Array:
 
 
 def _max_pool_fwd(x, window, stride):
-  out = max_pool(x, window, stride)
-  return out, (x, out)
+  views = _pool_views(x, window, stride)
+  # The value and the window offset of each window's first maximum.
+  out, first = views[0], jnp.zeros(views[0].shape, jnp.int32)
+  for k, view in enumerate(views[1:], 1):
+    bigger = view > out
+    out = jnp.where(bigger, view, out)
+    first = jnp.where(bigger, k, first)
+  return out, (first, x.shape)
 
 
 def _max_pool_bwd(window, stride, residuals, g):
-  x, out = residuals
-  views, padded_shape, (bh, bw) = _pool_views(x, window, stride)
+  first, x_shape = residuals
+  (_, bh, _), (_, bw, _) = (_pool_geometry(x_shape[1], window, stride),
+                            _pool_geometry(x_shape[2], window, stride))
+  n, oh, ow, c = g.shape
+  # Window offset i of output row a reads padded row i + stride * a: row
+  # a + i // stride of the phase-(i % stride) plane. Each phase plane is a
+  # sum of dense shifts (a strided scatter as interior padding is several
+  # times slower on a CPU), and the planes interleave into the padded rows.
+  rows, cols = oh + (window - 1) // stride, ow + (window - 1) // stride
   zero = jnp.zeros((), g.dtype)
-  taken = jnp.zeros(out.shape, bool)
-  routed = []
-  for view in views:
-    first = (view == out) & ~taken  # the first maximum of its window
-    taken = taken | first
-    routed.append(jnp.where(first, g, zero))
+  planes = [[jnp.zeros((n, rows, cols, c), g.dtype) for _ in range(stride)]
+            for _ in range(stride)]
   # An input in several windows sums their gradients in the order of the
-  # windows (row-major), as select-and-scatter does: the views of later
-  # offsets hold earlier windows, so they are added first.
-  grad = jnp.zeros(padded_shape, g.dtype)
-  for k in reversed(range(len(views))):
+  # windows (row-major), as select-and-scatter does: later offsets hold
+  # earlier windows, so they are added first.
+  for k in reversed(range(window * window)):
     i, j = divmod(k, window)
-    high = [padded_shape[d] - start - ((out.shape[d] - 1) * stride + 1)
-            for d, start in ((1, i), (2, j))]
-    grad = grad + jax.lax.pad(routed[k], zero, (
-        (0, 0, 0), (i, high[0], stride - 1), (j, high[1], stride - 1),
-        (0, 0, 0)))
-  return (grad[:, bh:bh + x.shape[1], bw:bw + x.shape[2]],)
+    routed = jnp.pad(jnp.where(first == k, g, zero), (
+        (0, 0), (i // stride, rows - oh - i // stride),
+        (j // stride, cols - ow - j // stride), (0, 0)))
+    planes[i % stride][j % stride] = planes[i % stride][j % stride] + routed
+  grad = jnp.stack([jnp.stack(row, axis=3) for row in planes], axis=2)
+  grad = grad.reshape(n, rows * stride, cols * stride, c)
+  return (grad[:, bh:bh + x_shape[1], bw:bw + x_shape[2]],)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
