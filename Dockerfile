@@ -13,8 +13,8 @@ WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY muesli_jax ./muesli_jax
 RUN case "$DEVICE" in \
-      cpu) extras="train,test,pixels,video,sweep,anakin,mujoco" ;; \
-      cuda12) extras="train,test,pixels,video,sweep,anakin,mujoco,cuda12" ;; \
+      cpu) extras="train,test,pixels,video,sweep,anakin,mujoco,results" ;; \
+      cuda12) extras="train,test,pixels,video,sweep,anakin,mujoco,results,cuda12" ;; \
       *) echo "DEVICE must be cpu or cuda12, got $DEVICE" >&2; exit 1 ;; \
     esac \
     && pip install --no-cache-dir -c constraints.txt ".[$extras]" \

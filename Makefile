@@ -9,7 +9,7 @@ CONFIG ?= configs/lunar.py
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,test,pixels,video,sweep,anakin,mujoco]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,test,pixels,video,sweep,anakin,mujoco,results]"
 	# gymnax declares gymnasium<1.4 yet works with 1.4 (see pyproject.toml).
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps gymnax
 	touch $@

@@ -17,6 +17,16 @@ def rolling_mean(values, window=100):
   return out
 
 
+def load_episodes(run):
+  """`(env_steps, returns)` of a run folder's `episodes.csv`: the env steps
+  at each episode's end and its return. The return is the third column,
+  named "return" in older runs and "episode_return" since."""
+  data = np.genfromtxt(os.path.join(run, "episodes.csv"), delimiter=",",
+                       names=True)
+  return (np.atleast_1d(data["env_steps"]),
+          np.atleast_1d(data[data.dtype.names[2]]))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("runs", nargs="+")
@@ -29,10 +39,8 @@ def main():
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for run in args.runs:
-    data = np.genfromtxt(os.path.join(run, "episodes.csv"), delimiter=",",
-                         names=True)
-    returns = data[data.dtype.names[2]]  # "return" (older runs) or "episode_return"
-    ax.plot(data["env_steps"], rolling_mean(returns),
+    env_steps, returns = load_episodes(run)
+    ax.plot(env_steps, rolling_mean(returns),
             label=os.path.basename(os.path.normpath(run)))
   if not np.isnan(args.threshold):  # --threshold nan: no line
     ax.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
