@@ -2,7 +2,7 @@
 
 `python scripts/benchmark.py --config lunar.py --out bench.json [--config.KEY=VALUE ...]
     [--reps 5] [--seconds 3] [--no-loops] [--solve THRESHOLD] [--solve-seeds N]
-    [--solve-budget STEPS]`
+    [--solve-budget STEPS] [--baseline KEY=VALUE[,KEY=VALUE...]]`
 
 Figures (each measured `--reps` times for `--seconds`; median, min, max):
   raw env steps/s     the config's vector env with random actions
@@ -25,6 +25,12 @@ Figures (each measured `--reps` times for `--seconds`; median, min, max):
                       the first log): env steps/s, and the learner
                       utilisation, loop updates/s over fixed-batch updates/s
                       (`--no-loops` skips them)
+  minutes per 1M env steps  the sync loop's env steps/s, as the time one
+                      million env steps of training take
+With `--baseline KEY=VALUE,...`, the speed and loop figures are measured
+first for the config with those overrides (e.g. a former default), then for
+the config itself, and printed side by side with their ratio: a change's
+before and after from one run on one machine.
 With `--solve THRESHOLD`, `--solve-seeds` end-to-end `training.train` runs
 (seeds config.seed, config.seed+1, ...) of at most `--solve-budget` env
 steps, each recording when the mean return of the last 100 episodes first
@@ -79,6 +85,9 @@ def parse_options(argv):
   parser.add_argument("--solve-budget", type=int, default=None,
                       help="env steps for the --solve run (default: the "
                            "config's total_env_steps, which the lr decay spans)")
+  parser.add_argument("--baseline", default=None, metavar="KEY=VALUE,...",
+                      help="also measure the config with these overrides "
+                           "and print both side by side")
   options, config_args = parser.parse_known_args(argv)
   if options.reps < 1:
     raise ConfigError(f"--reps must be at least 1, got {options.reps}")
@@ -91,6 +100,15 @@ def parse_options(argv):
     raise ConfigError(f"--solve-budget must be positive, got "
                       f"{options.solve_budget}")
   return options, config_args
+
+
+def baseline_args(baseline: str):
+  """`"a=1,b=x"` -> `["--config.a=1", "--config.b=x"]`."""
+  pairs = [p.strip() for p in baseline.split(",")]
+  if not all("=" in p and p.split("=", 1)[0] for p in pairs):
+    raise ConfigError(f"--baseline takes KEY=VALUE pairs separated by commas,"
+                      f" got {baseline!r}")
+  return [f"--config.{p}" for p in pairs]
 
 
 # Measurements. Each `measure_*` runs one repetition and returns a rate.
@@ -430,6 +448,9 @@ def run_loop_figures(config, reps: int, seconds: float, learner_rate: float):
     figures[f"{name} learner utilisation"] = summarize(
         [r["updates_per_second"] / learner_rate for r in runs], "ratio",
         "loop updates/s / fixed-batch updates/s")
+  figures["minutes per 1M env steps (sync loop)"] = summarize(
+      [1e6 / r["env_steps_per_second"] / 60 for r in rates[False]], "min",
+      "end to end, compilation excluded")
   figures["async / sync loop"] = summarize(
       [a["env_steps_per_second"] / s["env_steps_per_second"]
        for s, a in zip(rates[False], rates[True])], "ratio",
@@ -555,6 +576,45 @@ def print_table(figures):
       print("  ".join("-" * w for w in widths) + "  " + "-" * 4)
 
 
+def measure_config(config, options, problems):
+  """The speed figures and, unless `--no-loops`, the loop figures of one
+  config; retraced updates are added to `problems`."""
+  figures, compilations, extras = run_speed_figures(
+      config, options.reps, options.seconds)
+  if compilations != 1:
+    problems.append(f"the update was traced {compilations} times, not once")
+  if not options.no_loops:
+    print("loops: the synchronous and the async-acting training loop, "
+          "alternating", flush=True)
+    loop_figures, loop_compilations = run_loop_figures(
+        config, min(options.reps, 3), options.seconds,
+        figures["learner updates/s (fixed batch)"]["median"])
+    figures.update(loop_figures)
+    if any(c != 1 for c in loop_compilations):
+      problems.append(f"the update was traced {loop_compilations} times in "
+                      "the loop runs, not once each")
+  return figures, extras
+
+
+def print_comparison(baseline, figures):
+  """Medians of the baseline and the config side by side, and their ratio."""
+  rows = [("figure", "baseline", "config", "config / baseline", "unit")]
+  for name, f in figures.items():
+    before = baseline.get(name)
+    ratio = (f["median"] / before["median"]
+             if before and before["median"] else None)
+    rows.append((name, format_number(before and before["median"]),
+                 format_number(f["median"]),
+                 "n/a" if ratio is None else f"{ratio:.2f}", f["unit"]))
+  widths = [max(len(r[i]) for r in rows) for i in range(5)]
+  for i, row in enumerate(rows):
+    cells = [row[0].ljust(widths[0])]
+    cells += [row[j].rjust(widths[j]) for j in (1, 2, 3)] + [row[4]]
+    print("  ".join(cells).rstrip())
+    if i == 0:
+      print("  ".join("-" * w for w in widths))
+
+
 def main(argv) -> int:
   try:
     options, config_args = parse_options(argv)
@@ -574,29 +634,22 @@ def main(argv) -> int:
   results = dict(command=[sys.executable] + sys.argv, machine=machine,
                  options=vars(options), config=config.to_dict(),
                  started=time.strftime("%Y-%m-%d %H:%M:%S"))
+  problems = []
+  baseline_figures = None
   try:
-    figures, compilations, extras = run_speed_figures(
-        config, options.reps, options.seconds)
+    if options.baseline is not None:
+      baseline_config = parse_args(config_args +
+                                   baseline_args(options.baseline))
+      print(f"baseline: the config with {options.baseline}", flush=True)
+      baseline_figures, results["baseline_warmup"] = measure_config(
+          baseline_config, options, problems)
+      results["baseline_config"] = baseline_config.to_dict()
+      results["baseline_figures"] = baseline_figures
+      print("config: as given", flush=True)
+    figures, results["warmup"] = measure_config(config, options, problems)
   except (ConfigError, envs_lib.UnknownEnvError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  results["warmup"] = extras
-  problems = [] if compilations == 1 else [
-      f"the update was traced {compilations} times, not once"]
-  if not options.no_loops:
-    print("loops: the synchronous and the async-acting training loop, "
-          "alternating", flush=True)
-    try:
-      loop_figures, loop_compilations = run_loop_figures(
-          config, min(options.reps, 3), options.seconds,
-          figures["learner updates/s (fixed batch)"]["median"])
-    except ConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
-    figures.update(loop_figures)
-    if any(c != 1 for c in loop_compilations):
-      problems.append(f"the update was traced {loop_compilations} times in "
-                      "the loop runs, not once each")
   if options.solve is not None:
     print(f"solve: {options.solve_seeds} run(s), each up to "
           f"{options.solve_budget or config.total_env_steps} env steps until "
@@ -619,7 +672,10 @@ def main(argv) -> int:
   results["figures"] = figures
 
   print()
-  print_table(figures)
+  if baseline_figures is None:
+    print_table(figures)
+  else:
+    print_comparison(baseline_figures, figures)
   with open(options.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"\nwrote {options.out}")

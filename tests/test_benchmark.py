@@ -17,7 +17,7 @@ SPEED_FIGURES = (
 LOOP_FIGURES = (
     "sync loop env steps/s", "sync loop learner utilisation",
     "async loop env steps/s", "async loop learner utilisation",
-    "async / sync loop")
+    "minutes per 1M env steps (sync loop)", "async / sync loop")
 
 
 def run_benchmark(tmp_path, *args):
@@ -69,6 +69,9 @@ def test_speed_figures_are_measured_and_consistent(benchmark):
     # The learner is busy at most all of the time it would be alone (with
     # slack: the figures are measured at different moments).
     assert figures[f"{mode} loop learner utilisation"]["max"] < 1.5
+  np.testing.assert_allclose(
+      figures["minutes per 1M env steps (sync loop)"]["values"],
+      [1e6 / r / 60 for r in figures["sync loop env steps/s"]["values"]])
 
 
 def test_bad_option_is_a_one_line_error(tmp_path):
@@ -76,6 +79,32 @@ def test_bad_option_is_a_one_line_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("error:")
   assert "Traceback" not in proc.stderr
+
+
+def test_baseline_is_measured_in_the_same_run_and_printed_beside(tmp_path):
+  proc, out = run_benchmark(tmp_path, "--reps", "1", "--seconds", "0.2",
+                            "--no-loops", "--baseline",
+                            "batch_size=2,sequence_length=3")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert results["baseline_config"]["batch_size"] == 2
+  assert results["baseline_config"]["sequence_length"] == 3
+  assert results["config"]["batch_size"] == 4
+  before = results["baseline_figures"]["learner samples/s (fixed batch)"]
+  after = results["figures"]["learner samples/s (fixed batch)"]
+  assert before["median"] > 0 and after["median"] > 0
+  row = next(l for l in proc.stdout.splitlines()
+             if l.startswith("learner samples/s (fixed batch)"))
+  assert f"{after['median'] / before['median']:.2f}" in row.split()
+  assert "config / baseline" in proc.stdout
+
+
+@pytest.mark.parametrize("baseline", ["batch_size", "=3", "nokey=1"])
+def test_bad_baseline_is_a_one_line_error(tmp_path, baseline):
+  proc, _ = run_benchmark(tmp_path, "--no-loops", "--baseline", baseline)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().startswith("error:")
+  assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_solve_median_counts_unsolved_runs_as_slowest():
