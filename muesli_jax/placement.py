@@ -6,6 +6,9 @@ compilations (`types.Traced`: one per run is the rule the loops report);
 `first_replica` reads one replica of a replicated tree.
 """
 
+import ctypes
+import ctypes.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +16,30 @@ import numpy as np
 from muesli_jax import learner
 from muesli_jax.errors import ConfigError
 from muesli_jax.types import Traced
+
+
+# glibc's mallopt parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_host_memory() -> bool:
+  """Lets freed host memory be reused rather than unmapped (glibc only).
+
+  XLA's CPU runtime allocates the temporaries of every call anew. glibc
+  serves blocks over 32 MB with fresh mmaps and unmaps them on free, so every
+  update would fault in its pages again: a third of the MinAtar update's
+  time on one core (its temporaries are 40 MB; `scripts/benchmark.py`).
+  From the heap, and without trimming it, they stay mapped. Returns whether
+  the allocator was changed (False where there is no glibc).
+  """
+  libc_name = ctypes.util.find_library("c")
+  try:
+    libc = ctypes.CDLL(libc_name)
+    mallopt = libc.mallopt
+  except (OSError, AttributeError, TypeError):
+    return False
+  return bool(mallopt(_M_MMAP_MAX, 0)) and bool(
+      mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def check_batch_split(batch_size: int, num_devices: int) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional
 import jax
 import numpy as np
 
-from muesli_jax import builder, distributed, interrupts
+from muesli_jax import builder, distributed, interrupts, placement
 from muesli_jax import resume as resume_lib
 from muesli_jax import run_record
 from muesli_jax.builder import Run
@@ -270,6 +270,7 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
   stop early (`stop_when_solved`, `on_log`) are process 0's.
   """
   distributed.init_distributed(config)
+  placement.keep_host_memory()
   multi_process = distributed.is_multi_process()
   if run_dir is None:
     run_dir = (os.path.join(config.logdir, run_name) if run_name else
