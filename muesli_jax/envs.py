@@ -25,6 +25,10 @@ import numpy as np
 from muesli_jax.errors import UnknownEnvError  # noqa: F401  (raised here)
 from muesli_jax.types import EnvSpec
 
+# MinAtar's games (ids `MinAtar/<Game>-v1`): named in the error for an
+# unknown one, whose id gymnasium would only call unknown.
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+
 
 def _register_optional_envs(env_id: str) -> None:
   """Imports the packages that register Atari, MinAtar and MiniGrid ids."""
@@ -44,7 +48,9 @@ def _register_optional_envs(env_id: str) -> None:
       import minatar.gym
     except ImportError:
       need("minatar", "minatar")
-    if env_id not in gym.registry:  # gymnasium 1.x does not load it itself
+    # gymnasium 1.x does not load them itself. Once only: registering again
+    # (a second look-up of an unknown game) warns about every id.
+    if not any(k.startswith("MinAtar/") for k in gym.registry):
       minatar.gym.register_envs()
   spec = gym.registry.get(env_id)
   if spec is not None and "mujoco" in str(spec.entry_point):
@@ -81,6 +87,9 @@ def check_env_id(env_id: str) -> None:
       raise UnknownEnvError(f"cannot import {module!r} for env {env_id!r}: "
                             f"{e}") from None
   _register_optional_envs(env_id)
+  if env_id not in gym.registry and env_id.startswith("MinAtar/"):
+    raise UnknownEnvError(f"unknown MinAtar env_id {env_id!r}: the games are "
+                          f"{', '.join(MINATAR_GAMES)} (MinAtar/<Game>-v1)")
   if env_id not in gym.registry:
     close = [k for k in gym.registry if env_id.split("-")[0].lower() in
              k.lower()][:5]

@@ -1,7 +1,13 @@
 """Trains Muesli.
 
-  python scripts/train.py --config lunar.py [--config.KEY=VALUE ...]
+  python scripts/train.py --config lunar.py [--run-name NAME]
+      [--config.KEY=VALUE ...]
   python scripts/train.py --resume runs/RUN [--config.KEY=VALUE ...]
+
+A run trains into `LOGDIR/<env>_seed<seed>_<date>-<time>`, or into
+`LOGDIR/NAME` with `--run-name NAME`: a folder known in advance, for
+scripts that find their runs again (scripts/minatar_suite.py); it must not
+hold a run yet.
 
 `--resume` continues a run from its newest complete checkpoint, with the
 run's own config (overrides such as a larger total_env_steps allowed).
@@ -45,22 +51,55 @@ except KeyboardInterrupt:
   sys.exit(130)
 
 
+def pop_run_name(argv):
+  """`(NAME or None, argv without --run-name NAME)`."""
+  args = list(argv)
+  for i, arg in enumerate(args):
+    if arg == "--run-name" or arg.startswith("--run-name="):
+      if "=" in arg:
+        name, rest = arg.split("=", 1)[1], args[:i] + args[i + 1:]
+      elif i + 1 < len(args) and not args[i + 1].startswith("-"):
+        name, rest = args[i + 1], args[:i] + args[i + 2:]
+      else:
+        raise ConfigError("--run-name needs a folder name, e.g. --run-name "
+                          "breakout_s0")
+      if not name or name in (".", "..") or os.sep in name:
+        raise ConfigError(f"--run-name takes one folder name (the run goes "
+                          f"into LOGDIR/NAME), got {name!r}")
+      return name, rest
+  return None, args
+
+
+def named_run_dir(config, name: str) -> str:
+  """`LOGDIR/NAME`, refused where a run already is: a new run there would
+  mix its files with the old one's (that one continues with --resume)."""
+  run_dir = os.path.join(config.logdir, name)
+  if os.path.exists(os.path.join(run_dir, "config.json")):
+    raise ConfigError(f"{run_dir} already holds a run: continue it with "
+                      f"--resume {run_dir}, or remove it")
+  return run_dir
+
+
 def main(argv) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
     return 0
   try:
+    name, argv = pop_run_name(argv)
     if "--resume" in argv:
+      if name is not None:
+        raise ConfigError("--run-name names a new run; --resume continues "
+                          "the run in its own folder")
       run_dir, config = parse_resume_args(argv)
     else:
-      config, run_dir = parse_args(argv), None
+      config = parse_args(argv)
+      run_dir = named_run_dir(config, name) if name is not None else None
+    resume = "--resume" in argv
     if anakin.is_anakin(config):  # gymnax: the whole loop on the device
-      summary = anakin.train_anakin(config, run_dir=run_dir,
-                                    resume=run_dir is not None)
+      summary = anakin.train_anakin(config, run_dir=run_dir, resume=resume)
     else:
       envs.check_env_id(config.env_id)
-      summary = training.train(config, run_dir=run_dir,
-                               resume=run_dir is not None)
+      summary = training.train(config, run_dir=run_dir, resume=resume)
   except (ConfigError, UnknownEnvError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -260,7 +260,8 @@ _LEARNING = pytest.StashKey[list]()
 SLOWEST_FILES = ("test_learning.py", "test_continuous.py", "test_multihost.py",
                  "test_resume.py", "test_anakin.py", "test_learner.py",
                  "test_pixels.py", "test_multidevice.py", "test_benchmark.py",
-                 "test_checkpoint_recovery.py", "test_interrupts.py")
+                 "test_checkpoint_recovery.py", "test_interrupts.py",
+                 "test_minatar_suite.py")
 
 
 @pytest.hookimpl(trylast=True)  # after `-k` and `-m` have deselected

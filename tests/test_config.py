@@ -233,3 +233,26 @@ def test_parse_resume_args_needs_a_folder():
     config_lib.parse_resume_args(["--resume", "--config.seed=1"])
   assert str(error.value) == ("--resume needs a run folder, e.g. --resume "
                               "runs/RUN")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run-name", "taken"], "already holds a run: continue it with "
+     "--resume"),
+    (["--run-name=a/b"], "--run-name takes one folder name"),
+    (["--run-name"], "--run-name needs a folder name"),
+    (["--run-name", "new", "--resume", "taken"],
+     "--run-name names a new run"),
+], ids=["holds_a_run", "nested", "no_name", "with_resume"])
+def test_run_name_mistakes_are_one_error_line(tmp_path, capsys, args,
+                                              message):
+  """`train.py --run-name NAME` trains into LOGDIR/NAME, never into a run."""
+  from conftest import load_script
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "config.json").write_text("{}")
+  train = load_script("train")
+  assert train.main([*args, "--config", "cartpole.py",
+                     f"--config.logdir={tmp_path}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1
+  assert message in err
+  assert sorted(os.listdir(tmp_path)) == ["taken"]

@@ -4,6 +4,7 @@ observation or action spaces stop with one clear error."""
 import os
 import subprocess
 import sys
+import warnings
 
 import gymnasium as gym
 import jax.numpy as jnp
@@ -113,6 +114,16 @@ def test_dict_without_image_is_refused():
     make("lunar.py", env_id="TestDictWithoutImage-v0")
 
 
+def test_an_unknown_minatar_game_is_answered_with_the_games():
+  for _ in range(2):  # registered once: a second look-up warns of nothing
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      with pytest.raises(envs.UnknownEnvError,
+                         match="the games are Asterix, Breakout, Freeway, "
+                         "Seaquest, SpaceInvaders"):
+        envs.check_env_id("MinAtar/Pong-v1")
+
+
 def run_train(tmp_path, *args):
   # tests/ on the path: fake_action_envs registers envs with bad spaces.
   env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"))
@@ -133,6 +144,10 @@ def run_train(tmp_path, *args):
      "takes Discrete or bounded Box actions"),
     (["--config", "lunar.py", "--config.env_id=no_such_module:Env-v0"],
      "cannot import 'no_such_module'"),
+    # gymnasium would only say "unknown": the error names MinAtar's games.
+    (["--config", "minatar.py", "--config.env_id=MinAtar/Pong-v1"],
+     "'MinAtar/Pong-v1': the games are Asterix, Breakout, Freeway, Seaquest, "
+     "SpaceInvaders"),
     (["--config", "atari.py", "--config.replay_capacity=10000000"],
      "GiB of memory is available"),
 ])
