@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Acting (see docs/scale.md, "Acting while the learner updates").
   c.async_acting = False  # step the envs on a thread during each update
   c.actor_device = ""  # "": jax's default device; "cpu": the host's CPU
+  # Reuse freed host memory rather than unmapping it (glibc): each update's
+  # temporaries stay mapped (placement.keep_host_memory).
+  c.keep_host_memory = True
   # Running.
   c.logdir = "runs"
   c.log_interval = 50  # updates between TensorBoard writes

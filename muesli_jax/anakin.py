@@ -490,7 +490,7 @@ def train_anakin(config, run_dir: Optional[str] = None, progress: bool = True,
   if resume:
     raise ConfigError("Anakin (gymnax) runs keep no checkpoints and cannot "
                       "be resumed; start a new run")
-  placement.keep_host_memory()
+  placement.keep_host_memory(config.keep_host_memory)
   if config.distributed:
     # Processes would have to agree on when to stop (the host loop's
     # lockstep); one process already spans all of its host's devices.

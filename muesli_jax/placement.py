@@ -18,28 +18,34 @@ from muesli_jax.errors import ConfigError
 from muesli_jax.types import Traced
 
 
-# glibc's mallopt parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# glibc's mallopt parameters, and its defaults.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_DEFAULT_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
-def keep_host_memory() -> bool:
+def keep_host_memory(keep: bool = True) -> bool:
   """Lets freed host memory be reused rather than unmapped (glibc only).
 
   XLA's CPU runtime allocates the temporaries of every call anew. glibc
   serves blocks over 32 MB with fresh mmaps and unmaps them on free, so every
-  update would fault in its pages again: a third of the MinAtar update's
-  time on one core (its temporaries are 40 MB; `scripts/benchmark.py`).
-  From the heap, and without trimming it, they stay mapped. Returns whether
-  the allocator was changed (False where there is no glibc).
+  update would fault in and zero its pages again: a third of the MinAtar
+  update's time on one core (its temporaries are 40 MB; `scripts/benchmark.py
+  --config minatar.py --baseline keep_host_memory=false`). From the heap,
+  and without trimming it, they stay mapped. `keep=False` restores glibc's
+  default thresholds. Returns whether the allocator took the setting (False
+  where there is no glibc).
   """
-  libc_name = ctypes.util.find_library("c")
   try:
-    libc = ctypes.CDLL(libc_name)
-    mallopt = libc.mallopt
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
   except (OSError, AttributeError, TypeError):
     return False
-  return bool(mallopt(_M_MMAP_MAX, 0)) and bool(
-      mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+  if keep:
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+  else:
+    settings = ((_M_MMAP_MAX, _DEFAULT_MMAP_MAX),
+                (_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD),
+                (_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD))
+  return all([bool(mallopt(param, value)) for param, value in settings])
 
 
 def check_batch_split(batch_size: int, num_devices: int) -> None:

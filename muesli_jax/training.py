@@ -270,7 +270,7 @@ def train(config, run_dir: Optional[str] = None, resume: bool = False,
   stop early (`stop_when_solved`, `on_log`) are process 0's.
   """
   distributed.init_distributed(config)
-  placement.keep_host_memory()
+  placement.keep_host_memory(config.keep_host_memory)
   multi_process = distributed.is_multi_process()
   if run_dir is None:
     run_dir = (os.path.join(config.logdir, run_name) if run_name else

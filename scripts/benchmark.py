@@ -299,7 +299,7 @@ def summarize(values, unit: str, note: str = ""):
 def run_speed_figures(config, reps: int, seconds: float):
   """Figures 1-5. Raw and actor repetitions alternate, so do the two learner
   variants: a slowdown from other load hits both halves of each ratio."""
-  placement.keep_host_memory()  # as training does
+  placement.keep_host_memory(config.keep_host_memory)  # as training does
   seed = config.seed
   raw_envs = envs_lib.make_vector_env(config)
   actor_envs = envs_lib.make_vector_env(config)

@@ -23,7 +23,9 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
-changed = placement.keep_host_memory() if sys.argv[1] == "keep" else None
+changed = None
+for setting in sys.argv[1:]:  # "keep", then maybe "restore"
+  changed = placement.keep_host_memory(setting == "keep")
 block = np.ones(64 * 2**20 // 8)
 held = libc.mallinfo2()
 del block
@@ -33,8 +35,8 @@ print(changed, held.hblkhd, freed.arena)
 MB = 2**20
 
 
-def _probe(mode: str):
-  out = subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=ROOT,
+def _probe(*settings: str):
+  out = subprocess.run([sys.executable, "-c", _PROBE, *settings], cwd=ROOT,
                        env=script_env(), capture_output=True, text=True,
                        check=True).stdout.split()
   return out[0], int(out[1]), int(out[2])
@@ -47,7 +49,10 @@ def test_large_blocks_come_from_a_heap_that_is_kept():
   assert changed == "True"
   assert mmapped < 64 * MB  # the block is not a mapping of its own
   assert heap_after_free >= 64 * MB  # and its memory stays for reuse
-  # glibc's defaults: the block is a fresh mapping, unmapped when freed.
-  _, mmapped, heap_after_free = _probe("default")
-  assert mmapped >= 64 * MB
-  assert heap_after_free < 64 * MB
+  # glibc's defaults, and the same once restored: the block is a fresh
+  # mapping, unmapped when freed.
+  for settings in ((), ("keep", "restore")):
+    changed, mmapped, heap_after_free = _probe(*settings)
+    assert changed == ("True" if settings else "None")
+    assert mmapped >= 64 * MB
+    assert heap_after_free < 64 * MB
