@@ -113,6 +113,13 @@ Continuous control (--algo sac|ppo, --env Pendulum-v1 | LunarLanderContinuous-v3
     Returns in episodes.csv are the raw (unnormalised) episode returns: Monitor
     sits inside VecNormalize, and its info['episode'] is what is logged.
 
+Equal wall-clock (--minutes M): training stops after M minutes; pass as
+    --steps what the algorithm makes in M minutes, so that its schedules
+    (PPO's lr and clip decay) end near the stop:
+    .venv-baselines/bin/python scripts/baselines_sb3.py --algo ppo \
+        --env MinAtar/Breakout-v1 --steps 7000000 --minutes 20.4 --seed 0 \
+        --out runs/ppo_breakout_wallclock_s0
+
 Outputs (in --out)
     episodes.csv  one row per finished episode:
                   env_steps,seconds,episode_return,length
@@ -181,11 +188,14 @@ class EpisodeLogger(BaseCallback):
     """Writes every finished episode (from Monitor's info['episode']) to CSV and
     prints progress at most every `print_every` seconds."""
 
-    def __init__(self, csv_path: str, total_steps: int, print_every: float = 30.0):
+    def __init__(self, csv_path: str, total_steps: int, print_every: float = 30.0,
+                 seconds_limit: float | None = None):
         super().__init__()
         self.csv_path = csv_path
         self.total_steps = total_steps
         self.print_every = print_every
+        self.seconds_limit = seconds_limit
+        self.stopped_at_time_limit = False
         self.returns: list[float] = []
         self.last100: deque = deque(maxlen=100)
 
@@ -213,6 +223,10 @@ class EpisodeLogger(BaseCallback):
                 wrote = True
         if wrote:
             self.fh.flush()
+        if self.seconds_limit is not None and now - self.t0 >= self.seconds_limit:
+            # Returning False ends model.learn: a run given a wall-clock budget.
+            self.stopped_at_time_limit = True
+            return False
         if now - self.last_print >= self.print_every:
             self.last_print = now
             el = now - self.t0
@@ -539,6 +553,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--print-every", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after this much wall-clock training time (an equal-"
+                        "wall-clock comparison); schedules still span --steps")
     p.add_argument("--learning-starts", type=int, default=None,
                    help="SAC only: override the zoo/SB3 learning_starts (e.g. for smoke tests)")
     args = p.parse_args()
@@ -563,7 +580,10 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.policy.parameters())
     print(f"algo={args.algo} env={args.env} steps={args.steps} seed={args.seed} params={n_params}", flush=True)
 
-    cb = EpisodeLogger(os.path.join(args.out, "episodes.csv"), args.steps, args.print_every)
+    if args.minutes is not None and not args.minutes > 0:
+        p.error("--minutes must be positive")
+    cb = EpisodeLogger(os.path.join(args.out, "episodes.csv"), args.steps, args.print_every,
+                       None if args.minutes is None else args.minutes * 60)
     t0 = time.time()
     model.learn(total_timesteps=args.steps, callback=cb)
     seconds = time.time() - t0
@@ -574,6 +594,8 @@ def main() -> None:
         seed=args.seed,
         steps=int(model.num_timesteps),
         requested_steps=args.steps,
+        minutes_limit=args.minutes,
+        stopped_at_time_limit=cb.stopped_at_time_limit,
         seconds=round(seconds, 2),
         steps_per_second=round(model.num_timesteps / seconds, 2),
         mean_return_last100=cb.mean100(),
