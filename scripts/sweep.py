@@ -15,12 +15,18 @@ The sweep file (`configs/sweeps/<name>.py`, or any path) defines
                   ("log_int", low, high)
                   ("categorical", [a, b, ...])    None, bool, int, float, str
   objective     "train_return" (mean of the last 100 training returns at
-                the end) or "eval_return" (the final evaluation; needs
-                eval_interval > 0); default "train_return"
+                the end), "eval_return" (the final evaluation; needs
+                eval_interval > 0) or "steps_to_solve" (env steps until the
+                mean of the last 100 training returns first reached
+                solve_return, total_env_steps for a run that never did;
+                direction "minimize", pruner None); default "train_return"
   direction     "maximize" (default) or "minimize"
   pruner        {"n_startup_trials": 5, "n_warmup_steps": 0} for Optuna's
                 MedianPruner (env steps), or None: no pruning
   report_every  env steps between intermediate values (default 10000)
+  seeds         runs per trial (default 1): seeds config.seed, +1, ...;
+                the trial's value is the mean of theirs, so that one lucky
+                seed does not pick the config
 
 `--trials N` is the total number of finished (complete or pruned) trials in
 the study: the same command, rerun after an interruption (Ctrl-C or even
@@ -52,10 +58,10 @@ from muesli_jax.errors import NonFiniteLossError  # noqa: E402
 
 SWEEP_DIR = os.path.join(config_lib.REPO_ROOT, "configs", "sweeps")
 SWEEP_KEYS = ("base_config", "overrides", "space", "objective", "direction",
-              "pruner", "report_every")
+              "pruner", "report_every", "seeds")
 PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps")
 KINDS = ("float", "log_float", "int", "log_int", "categorical")
-OBJECTIVES = ("train_return", "eval_return")
+OBJECTIVES = ("train_return", "eval_return", "steps_to_solve")
 
 
 class SweepError(ValueError):
@@ -114,7 +120,8 @@ def load_sweep(path: str) -> dict:
                objective=sweep.get("objective", "train_return"),
                direction=sweep.get("direction", "maximize"),
                pruner=sweep.get("pruner", {}),
-               report_every=sweep.get("report_every", 10_000))
+               report_every=sweep.get("report_every", 10_000),
+               seeds=sweep.get("seeds", 1))
   if not sweep["space"]:
     raise SweepError(f"{path}: the space is empty")
   sweep["space"] = {key: normalize_spec(key, spec)
@@ -133,6 +140,18 @@ def load_sweep(path: str) -> dict:
     for key, value in pruner.items():
       if not _is_int(value) or value < 0:
         raise SweepError(f"pruner {key} must be an int >= 0, got {value!r}")
+  if sweep["objective"] == "steps_to_solve":
+    if sweep["direction"] != "minimize":
+      raise SweepError("objective steps_to_solve needs direction minimize "
+                       "(fewer env steps are better)")
+    if sweep["pruner"] is not None:
+      # The pruner compares the reported mean returns (higher is better)
+      # against the study's direction (here lower is better).
+      raise SweepError("objective steps_to_solve needs pruner None (the "
+                       "pruner ranks mean returns, the study env steps)")
+  if not _is_int(sweep["seeds"]) or sweep["seeds"] < 1:
+    raise SweepError(f"seeds must be an int >= 1 (runs per trial), got "
+                     f"{sweep['seeds']!r}")
   if not _is_int(sweep["report_every"]) or sweep["report_every"] <= 0:
     raise SweepError(f"report_every must be a positive int (env steps), got "
                      f"{sweep['report_every']!r}")
@@ -252,6 +271,9 @@ def make_base(sweep: dict, cli: list):
         config_lib.validate(trial)
       except config_lib.ConfigError as e:
         raise SweepError(f"space[{key!r}]: {value!r} is not a valid value: {e}") from None
+  if sweep["seeds"] > 1 and "seed" in sweep["space"]:
+    raise SweepError("seed is searched (space) and set per run (seeds > 1): "
+                     "drop one")
   if sweep["objective"] == "eval_return" and not config.get("eval_interval", 0) > 0:
     raise SweepError("objective eval_return needs evaluation: set eval_interval > 0 "
                      "(overrides or --config.eval_interval)")
@@ -271,6 +293,8 @@ def settings(sweep: dict, fixed: dict) -> dict:
   record = dict(base_config=sweep["base_config"], fixed=fixed,
                 space={k: list(v) for k, v in sweep["space"].items()},
                 objective=sweep["objective"], direction=sweep["direction"])
+  if sweep["seeds"] > 1:  # studies made before `seeds` existed stay valid
+    record["seeds"] = sweep["seeds"]
   return json.loads(json.dumps(record))  # tuples become lists, as when stored
 
 
@@ -388,7 +412,9 @@ def write_best_config(optuna, study, sweep: dict, fixed: dict, path: str,
   lines = [
       f'"""Best trial of the Optuna study {study.study_name!r} ({storage_url}):',
       f"trial {best.number}, {sweep['objective']} {best.value:.6g} "
-      f"({sweep['direction']}).",
+      f"({sweep['direction']}"
+      + (f"; the mean over {sweep['seeds']} seeds" if sweep["seeds"] > 1
+         else "") + ").",
       "",
       "Written by scripts/sweep.py; train it with",
       f"  python scripts/train.py --config {path}",
@@ -436,7 +462,10 @@ class Reporter:
     return False
 
 
-def objective_value(summary: dict, objective: str) -> float:
+def objective_value(summary: dict, objective: str, config) -> float:
+  if objective == "steps_to_solve":
+    solved = summary.get("solved_at_steps")
+    return float(config.total_env_steps if solved is None else solved)
   if objective == "train_return":
     value = summary.get("mean_return_last_100")
     if value is None:
@@ -467,20 +496,35 @@ def run_trial(optuna, training, study, trial, sweep, base, study_dir) -> None:
                                         log=kind == "log_int")
     run_dir = os.path.join(study_dir, f"trial_{trial.number}")
     trial.set_user_attr("run_dir", run_dir)
+    # Only the first seed reports: Optuna keeps one value per step.
     reporter = Reporter(trial, sweep["report_every"])
     config = trial_config(base, params)
-    summary = training.train(config, run_dir=run_dir, progress=False,
-                             on_log=reporter)
-    if summary.get("interrupted"):
-      raise KeyboardInterrupt
-    trial.set_user_attr("env_steps", summary.get("env_steps"))
+    values, env_steps = [], []
+    for i in range(sweep["seeds"]):
+      seed_config = copy.deepcopy(config)
+      seed_config.seed = config.seed + i
+      summary = training.train(
+          seed_config, progress=False, on_log=reporter if i == 0 else None,
+          run_dir=(run_dir if sweep["seeds"] == 1 else
+                   os.path.join(run_dir, f"seed_{seed_config.seed}")))
+      if summary.get("interrupted"):
+        raise KeyboardInterrupt
+      env_steps.append(summary.get("env_steps"))
+      if reporter.pruned_at is not None:
+        break
+      values.append(objective_value(summary, sweep["objective"], seed_config))
+    trial.set_user_attr("env_steps", env_steps[0] if sweep["seeds"] == 1
+                        else env_steps)
     if reporter.pruned_at is not None:
       state = TS.PRUNED
       note = (f"pruned at {reporter.pruned_at[0]} env steps (mean100 "
               f"{reporter.pruned_at[1]:.4g})")
     else:
-      value = objective_value(summary, sweep["objective"])
+      value = sum(values) / len(values)
       state, note = TS.COMPLETE, f"{sweep['objective']} {value:.4g}"
+      if len(values) > 1:
+        trial.set_user_attr("seed_values", values)
+        note += f" (mean of seeds: {', '.join(f'{v:.4g}' for v in values)})"
   except KeyboardInterrupt:
     # Failed now, tried again (from scratch) by whichever run comes next.
     trial.set_user_attr("interrupted", True)

@@ -211,6 +211,75 @@ def test_trial_outcomes(tmp_path, capsys):
   assert "pruned at 1000 env steps" in lines[1]
 
 
+def test_steps_to_solve_over_several_seeds(tmp_path, capsys):
+  """`objective="steps_to_solve"`, `seeds=2`: each trial trains seeds
+  config.seed and +1 into their own folders, an unsolved run counts as the
+  budget, and the trial's value is the mean (stand-in for `train`)."""
+  sweep = import_sweep()
+  calls = []
+
+  class FakeTraining:
+
+    def train(self, config, run_dir=None, progress=True, on_log=None):
+      calls.append((config.seed, os.path.relpath(run_dir, tmp_path),
+                    on_log is not None))
+      if on_log is not None:
+        on_log(1000, 50.0)
+      solved = {7: 3000, 8: None}[config.seed]  # seed 8 never solves
+      return dict(mean_return_last_100=1.0, env_steps=config.total_env_steps,
+                  solved_at_steps=solved, interrupted=False)
+
+  spec_file = tmp_path / "s.py"
+  spec_file.write_text(
+      "def get_sweep():\n  return dict(base_config='cartpole.py', "
+      "overrides=dict(seed=7, total_env_steps=9000), "
+      "space=dict(learning_rate=('log_float', 1e-4, 1e-3)), "
+      "objective='steps_to_solve', direction='minimize', pruner=None, "
+      "report_every=1000, seeds=2)\n")
+  settings = sweep.load_sweep(str(spec_file))
+  base, fixed = sweep.make_base(settings, [])
+  study = optuna.create_study(direction="minimize")
+  sweep.run_trial(optuna, FakeTraining(), study, study.ask(), settings, base,
+                  str(tmp_path))
+  trial = study.trials[0]
+  assert trial.state == optuna.trial.TrialState.COMPLETE
+  assert trial.value == (3000 + 9000) / 2
+  assert trial.user_attrs["seed_values"] == [3000.0, 9000.0]
+  # Both seeds ran, each in its folder; only the first reported.
+  assert calls == [(7, os.path.join("trial_0", "seed_7"), True),
+                   (8, os.path.join("trial_0", "seed_8"), False)]
+  assert trial.intermediate_values == {1000: 50.0}
+  assert "mean of seeds: 3000, 9000" in capsys.readouterr().out
+  best = tmp_path / "best_config.py"
+  sweep.write_best_config(optuna, study, settings, fixed, str(best), "mem")
+  assert "steps_to_solve 6000 (minimize; the mean over 2 seeds)" in best.read_text()
+  # The study records the seed count: a rerun with another is refused.
+  assert sweep.settings(settings, fixed)["seeds"] == 2
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("objective='steps_to_solve', pruner=None", ["steps_to_solve", "minimize"]),
+    ("objective='steps_to_solve', direction='minimize'",
+     ["steps_to_solve", "pruner None"]),
+    ("seeds=0", ["seeds", ">= 1"]),
+    ("seeds=2, pruner=None, space=dict(seed=('int', 0, 3))", ["seed", "seeds"]),
+], ids=["maximize", "pruner", "no_seeds", "seed_searched"])
+def test_bad_objective_or_seeds_is_a_one_line_error(tmp_path, extra, words):
+  sweep = tmp_path / "bad.py"
+  space = "" if "space=" in extra else (
+      "space=dict(learning_rate=('log_float', 1e-4, 1e-3)), ")
+  sweep.write_text(f"def get_sweep():\n  return dict(base_config='cartpole.py', "
+                   f"{space}{extra})\n")
+  proc = subprocess.run([sys.executable, SWEEP, "--sweep", str(sweep)],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+  for word in words:
+    assert word in lines[0]
+  assert not (tmp_path / "runs").exists()
+
+
 def test_trials_left_running_are_failed_and_queued_again(tmp_path, capsys):
   """What a rerun does first: the killed sweep's trials fail, and their
   values (drawn, or enqueued and not yet drawn) run again."""
