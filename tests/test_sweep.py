@@ -125,9 +125,15 @@ def test_killed_sweep_resumes_its_study(tmp_path):
 ], ids=["unknown_key", "log_of_zero", "float_for_int", "invalid_value",
         "unknown_kind"])
 def test_bad_space_is_a_one_line_error(tmp_path, space, words):
+  assert_sweep_refused(tmp_path, f"space={space}", words)
+
+
+def assert_sweep_refused(tmp_path, fields: str, words):
+  """A sweep file with `fields` (besides base_config) stops the sweep before
+  it creates anything, with one `error:` line holding every word."""
   sweep = tmp_path / "bad.py"
   sweep.write_text(f"def get_sweep():\n  return dict(base_config='cartpole.py', "
-                   f"space={space})\n")
+                   f"{fields})\n")
   proc = subprocess.run([sys.executable, SWEEP, "--sweep", str(sweep)],
                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -265,19 +271,9 @@ def test_steps_to_solve_over_several_seeds(tmp_path, capsys):
     ("seeds=2, pruner=None, space=dict(seed=('int', 0, 3))", ["seed", "seeds"]),
 ], ids=["maximize", "pruner", "no_seeds", "seed_searched"])
 def test_bad_objective_or_seeds_is_a_one_line_error(tmp_path, extra, words):
-  sweep = tmp_path / "bad.py"
   space = "" if "space=" in extra else (
       "space=dict(learning_rate=('log_float', 1e-4, 1e-3)), ")
-  sweep.write_text(f"def get_sweep():\n  return dict(base_config='cartpole.py', "
-                   f"{space}{extra})\n")
-  proc = subprocess.run([sys.executable, SWEEP, "--sweep", str(sweep)],
-                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2, proc.stdout + proc.stderr
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-  for word in words:
-    assert word in lines[0]
-  assert not (tmp_path / "runs").exists()
+  assert_sweep_refused(tmp_path, space + extra, words)
 
 
 def test_trials_left_running_are_failed_and_queued_again(tmp_path, capsys):
