@@ -2,7 +2,8 @@
 
 `python scripts/benchmark.py --config lunar.py --out bench.json [--config.KEY=VALUE ...]
     [--reps 5] [--seconds 3] [--no-loops] [--solve THRESHOLD] [--solve-seeds N]
-    [--solve-budget STEPS] [--baseline KEY=VALUE[,KEY=VALUE...]]`
+    [--solve-budget STEPS] [--baseline KEY=VALUE[,KEY=VALUE...]]
+    [--layouts 2c,1c,2c2d1t]`
 
 Figures (each measured `--reps` times for `--seconds`; median, min, max):
   raw env steps/s     the config's vector env with random actions
@@ -31,6 +32,15 @@ With `--baseline KEY=VALUE,...`, the speed and loop figures are measured
 first for the config with those overrides (e.g. a former default), then for
 the config itself, and printed side by side with their ratio: a change's
 before and after from one run on one machine.
+With `--layouts L1,L2,...`, the speed and loop figures are measured for
+each way of running one process on the host's CPU cores, each in a process
+of its own (XLA fixes its threads and devices when it starts), layouts
+alternating rep by rep, and printed side by side with their ratio to the
+first. A layout `<C>c[<D>d][1t]` is C cores (the process's CPU affinity:
+XLA sizes its thread pool to it), D CPU devices (default 1; the update
+`pmap`ped over them, the batch split between them) and, with `1t`, one
+thread per op (Eigen's multi-threading off). E.g. `2c` (two cores, XLA's
+default), `1c` (one core), `2c2d1t` (two devices of one thread each).
 With `--solve THRESHOLD`, `--solve-seeds` end-to-end `training.train` runs
 (seeds config.seed, config.seed+1, ...) of at most `--solve-budget` env
 steps, each recording when the mean return of the last 100 episodes first
@@ -43,7 +53,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +100,9 @@ def parse_options(argv):
   parser.add_argument("--baseline", default=None, metavar="KEY=VALUE,...",
                       help="also measure the config with these overrides "
                            "and print both side by side")
+  parser.add_argument("--layouts", default=None, metavar="2c,1c,2c2d1t,...",
+                      help="measure each CPU layout (cores, devices, one "
+                           "thread per op) in a process of its own")
   options, config_args = parser.parse_known_args(argv)
   if options.reps < 1:
     raise ConfigError(f"--reps must be at least 1, got {options.reps}")
@@ -99,7 +114,42 @@ def parse_options(argv):
   if options.solve_budget is not None and options.solve_budget < 1:
     raise ConfigError(f"--solve-budget must be positive, got "
                       f"{options.solve_budget}")
+  if options.layouts is not None:
+    options.layouts = parse_layouts(options.layouts)
+    if options.baseline is not None or options.solve is not None:
+      raise ConfigError("--layouts compares speed figures only: it does not "
+                        "combine with --baseline or --solve")
   return options, config_args
+
+
+_LAYOUT = re.compile(r"^(\d+)c(?:(\d+)d)?(1t)?$")
+
+
+def parse_layouts(text: str):
+  """`"2c,1c,2c2d1t"` -> `[(2, 1, False), (1, 1, False), (2, 2, True)]`:
+  (cores, CPU devices, one thread per op)."""
+  layouts = []
+  for item in text.split(","):
+    match = _LAYOUT.match(item.strip())
+    if not match or int(match[1]) < 1 or int(match[2] or 1) < 1:
+      raise ConfigError(f"--layouts takes items such as 2c, 1c or 2c2d1t "
+                        f"(cores, devices, one thread per op), got {item!r}")
+    layouts.append((int(match[1]), int(match[2] or 1), bool(match[3])))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+      else os.cpu_count()
+  for c, _, _ in layouts:
+    if c > cores:
+      raise ConfigError(f"--layouts asks for {c} cores; this process may "
+                        f"use {cores}")
+  if len(set(layouts)) != len(layouts):
+    raise ConfigError(f"--layouts names a layout twice: {text!r}")
+  return layouts
+
+
+def layout_name(layout) -> str:
+  cores, devices, one_thread = layout
+  return (f"{cores}c" + (f"{devices}d" if devices > 1 else "") +
+          ("1t" if one_thread else ""))
 
 
 def baseline_args(baseline: str):
@@ -616,11 +666,103 @@ def print_comparison(baseline, figures):
       print("  ".join("-" * w for w in widths))
 
 
+# Layouts: one process per way of running on the host's cores.
+
+_LAYOUT_FLAGS = ("--xla_force_host_platform_device_count",
+                 "--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads")
+
+
+def layout_env(layout) -> dict:
+  """The environment of a layout's process: the CPU backend, its devices
+  and threads; other XLA flags of this process are passed on."""
+  _, devices, one_thread = layout
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith(_LAYOUT_FLAGS)]
+  if devices > 1:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  if one_thread:
+    flags += ["--xla_cpu_multi_thread_eigen=false",
+              "intra_op_parallelism_threads=1"]
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+
+
+def run_layouts(options, config_args, results) -> dict:
+  """Every layout's speed (and loop) figures, `--reps` processes each, the
+  layouts alternating so that a slowdown of the machine hits them all."""
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(
+      os, "sched_getaffinity") else None
+  runs = {layout: [] for layout in options.layouts}
+  with tempfile.TemporaryDirectory(prefix="muesli_bench_") as tmp:
+    for rep in range(options.reps):
+      for i, layout in enumerate(options.layouts):
+        name = layout_name(layout)
+        out = os.path.join(tmp, f"{i}_{rep}.json")
+        command = [sys.executable, os.path.abspath(__file__), *config_args,
+                   "--reps", "1", "--seconds", str(options.seconds),
+                   "--out", out] + (["--no-loops"] if options.no_loops else [])
+        affinity = set(cores[:layout[0]]) if cores else None
+        print(f"layout {name}, rep {rep + 1}/{options.reps}", flush=True)
+        proc = subprocess.run(
+            command, env=layout_env(layout),
+            preexec_fn=(lambda a=affinity: os.sched_setaffinity(0, a))
+            if affinity else None)
+        if proc.returncode != 0:
+          raise LayoutError(f"layout {name} (rep {rep + 1}) exited with "
+                            f"status {proc.returncode}; its output is above")
+        with open(out) as f:
+          runs[layout].append(json.load(f))
+  layouts = {}
+  for layout, reps in runs.items():
+    figures = {}
+    for figure, first in reps[0]["figures"].items():
+      values = [v for r in reps for v in r["figures"][figure]["values"]]
+      figures[figure] = summarize(values, first["unit"], first["note"])
+    layouts[layout_name(layout)] = dict(
+        cores=layout[0], devices=layout[1], one_thread_per_op=layout[2],
+        xla_flags=layout_env(layout)["XLA_FLAGS"],
+        devices_seen=reps[0]["machine"]["devices"], figures=figures)
+  results["layouts"] = layouts
+  return layouts
+
+
+class LayoutError(Exception):
+  """A layout's process failed."""
+
+
+def print_layouts(layouts: dict):
+  """Medians of every layout side by side, each after the first with its
+  ratio to the first."""
+  names = list(layouts)
+  header = ["figure", names[0]]
+  for name in names[1:]:
+    header += [name, f"{name} / {names[0]}"]
+  rows = [header + ["unit"]]
+  first = layouts[names[0]]["figures"]
+  for figure, f in first.items():
+    row = [figure, format_number(f["median"])]
+    for name in names[1:]:
+      other = layouts[name]["figures"].get(figure)
+      median = other and other["median"]
+      row += [format_number(median),
+              f"{median / f['median']:.2f}" if median and f["median"]
+              else "n/a"]
+    rows.append(row + [f["unit"]])
+  widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+  for i, row in enumerate(rows):
+    cells = [row[0].ljust(widths[0])]
+    cells += [c.rjust(w) for c, w in zip(row[1:-1], widths[1:])] + [row[-1]]
+    print("  ".join(cells).rstrip())
+    if i == 0:
+      print("  ".join("-" * w for w in widths))
+
+
 def main(argv) -> int:
   try:
     options, config_args = parse_options(argv)
     config = parse_args(config_args)
     envs_lib.check_env_id(config.env_id)
+    for _, devices, _ in options.layouts or ():
+      placement.check_batch_split(config.batch_size, devices)
   except (ConfigError, envs_lib.UnknownEnvError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -637,6 +779,24 @@ def main(argv) -> int:
                  started=time.strftime("%Y-%m-%d %H:%M:%S"))
   problems = []
   baseline_figures = None
+  if options.layouts is not None:
+    try:
+      layouts = run_layouts(options, config_args, results)
+    except LayoutError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    print()
+    print_layouts(layouts)
+    with open(options.out, "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"\nwrote {options.out}")
+    for name, layout in layouts.items():
+      traced = layout["figures"]["update compilations"]["values"]
+      if any(t != 1 for t in traced):
+        print(f"error: layout {name}: the update was traced {traced} times, "
+              "not once", file=sys.stderr)
+        return 1
+    return 0
   try:
     if options.baseline is not None:
       baseline_config = parse_args(config_args +

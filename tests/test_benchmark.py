@@ -130,3 +130,46 @@ def test_solve_runs_every_seed_and_stops_when_solved(benchmark):
   steps = sorted(s["solved_at_steps"] for s in summaries)
   assert figures["solved at env steps"]["median"] == sum(steps) / 2
   assert figures["solved at env steps"]["min"] == steps[0]
+
+
+def test_layouts_run_each_in_its_own_process_side_by_side(tmp_path):
+  """Two layouts on one core: XLA's default, and two CPU devices of one
+  thread each (the update pmapped over them, the batch split)."""
+  proc, out = run_benchmark(tmp_path, "--reps", "1", "--seconds", "0.2",
+                            "--no-loops", "--layouts", "1c,1c2d1t")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  layouts = json.loads(out.read_text())["layouts"]
+  assert list(layouts) == ["1c", "1c2d1t"]
+  assert len(layouts["1c"]["devices_seen"]) == 1
+  assert len(layouts["1c2d1t"]["devices_seen"]) == 2
+  assert "--xla_cpu_multi_thread_eigen=false" in layouts["1c2d1t"]["xla_flags"]
+  assert "multi_thread_eigen" not in layouts["1c"]["xla_flags"]
+  for layout in layouts.values():
+    figures = layout["figures"]
+    assert figures["update compilations"]["values"] == [1]
+    assert figures["learner updates/s (fixed batch)"]["median"] > 0
+    assert "sync loop env steps/s" not in figures  # --no-loops
+  ratio = (layouts["1c2d1t"]["figures"]["learner updates/s (fixed batch)"]
+           ["median"] / layouts["1c"]["figures"]
+           ["learner updates/s (fixed batch)"]["median"])
+  # The side-by-side table comes last, after each process's own output.
+  table = proc.stdout.split("1c2d1t / 1c")[-1]
+  row = next(l for l in table.splitlines()
+             if l.startswith("learner updates/s (fixed batch)"))
+  assert f"{ratio:.2f}" in row.split()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--layouts", "2x1"], "--layouts takes items such as"),
+    (["--layouts", "1c,1c"], "names a layout twice"),
+    (["--layouts", "999c"], "asks for 999 cores"),
+    (["--layouts", "1c3d", "--config.batch_size=4"], "divisible by the 3"),
+    (["--layouts", "1c", "--solve", "10"], "does not combine"),
+])
+def test_bad_layouts_are_a_one_line_error(capsys, args, words):
+  code = load_script("benchmark").main(["--config", "cartpole.py",
+                                        "--no-loops", *args])
+  stderr = capsys.readouterr().err
+  assert code == 2, stderr
+  assert stderr.startswith("error:") and words in stderr
+  assert len(stderr.strip().splitlines()) == 1
