@@ -18,25 +18,20 @@ on their own. Writes minatar_ablation_<game>.md (also printed), .json and
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
 
-
-def _sibling(name: str):
-  """`scripts/<name>.py` as a module (scripts/ is no package)."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                         f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-report_lib = _sibling("minatar_report")
+# The report's readers, intervals and plotting. scripts/ goes on the path
+# for this one import only: left there, its file names (train, sweep, ...)
+# could shadow modules of a process that imports this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+  import minatar_report as report_lib  # noqa: E402
+finally:
+  sys.path.pop(0)
 ReportError = report_lib.ReportError
 
 
