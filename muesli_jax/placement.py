@@ -63,15 +63,25 @@ def replicas_identical(state) -> bool:
              for x in jax.tree.leaves(trees))
 
 
-def first_replica(tree, replicated: bool, multi_process: bool = False):
-  """One replica of a tree that is `[D, ...]` where `replicated`."""
+def first_replica(tree, replicated: bool):
+  """One replica of a tree that is `[D, ...]` where `replicated`.
+
+  Read from the first local device's shards, in one jitted call: `x[0]` on
+  a replicated array is a gather over every device per leaf (tens of
+  dispatches for the params, which took two thirds of a two-device CPU
+  loop's time), and over several processes a program over all local
+  devices (a 2-process CPU run whose actor acted on such slices hung in its
+  second policy step).
+  """
   if not replicated:
     return tree
-  if multi_process:
-    # Read from the first local device alone: `x[0]` would be a program
-    # over all local devices, and a 2-process CPU run whose actor acted on
-    # such slices hung in its second policy step.
-    return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+  return _squeeze_first(
+      jax.tree.map(lambda x: x.addressable_shards[0].data, tree))
+
+
+@jax.jit
+def _squeeze_first(tree):
+  """`[1, ...]` leaves on one device -> `[...]`."""
   return jax.tree.map(lambda x: x[0], tree)
 
 
@@ -150,7 +160,7 @@ class DeviceUpdate:
 
   def first(self, tree):
     """One replica of a (possibly replicated) tree, e.g. state or metrics."""
-    return first_replica(tree, self.replicated, self.num_processes > 1)
+    return first_replica(tree, self.replicated)
 
   def replicas_identical(self, state) -> bool:
     return replicas_identical(state) if self.replicated else True

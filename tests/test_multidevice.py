@@ -5,6 +5,8 @@ set before jax is imported).
 """
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -68,3 +70,23 @@ def test_replica_check_sees_a_difference():
   leaf = jax.tree.leaves(replicated.params)[0]
   leaf[1].flat[0] += 1e-7
   assert not placement.replicas_identical(replicated)
+
+
+FIRST_REPLICA = """
+import jax, numpy as np
+from muesli_jax import placement
+tree = {"a": np.arange(6.).reshape(2, 3), "b": [np.array([[1], [2]])]}
+replicated = jax.pmap(lambda t: jax.tree.map(lambda x: x * 10, t))(tree)
+first = placement.first_replica(replicated, True)
+assert first["a"].tolist() == [0., 10., 20.] and first["b"][0].tolist() == [10]
+assert {d for x in jax.tree.leaves(first) for d in x.devices()} == {jax.devices()[0]}
+assert placement.first_replica(tree, False) is tree
+print("ok")
+"""
+
+
+def test_first_replica_is_the_first_device_s(tmp_path):
+  proc = subprocess.run([sys.executable, "-c", FIRST_REPLICA], cwd=tmp_path,
+                        env=script_env(devices=2), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
