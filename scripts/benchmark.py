@@ -647,25 +647,6 @@ def measure_config(config, options, problems):
   return figures, extras
 
 
-def print_comparison(baseline, figures):
-  """Medians of the baseline and the config side by side, and their ratio."""
-  rows = [("figure", "baseline", "config", "config / baseline", "unit")]
-  for name, f in figures.items():
-    before = baseline.get(name)
-    ratio = (f["median"] / before["median"]
-             if before and before["median"] else None)
-    rows.append((name, format_number(before and before["median"]),
-                 format_number(f["median"]),
-                 "n/a" if ratio is None else f"{ratio:.2f}", f["unit"]))
-  widths = [max(len(r[i]) for r in rows) for i in range(5)]
-  for i, row in enumerate(rows):
-    cells = [row[0].ljust(widths[0])]
-    cells += [row[j].rjust(widths[j]) for j in (1, 2, 3)] + [row[4]]
-    print("  ".join(cells).rstrip())
-    if i == 0:
-      print("  ".join("-" * w for w in widths))
-
-
 # Layouts: one process per way of running on the host's cores.
 
 _LAYOUT_FLAGS = ("--xla_force_host_platform_device_count",
@@ -729,24 +710,28 @@ class LayoutError(Exception):
   """A layout's process failed."""
 
 
-def print_layouts(layouts: dict):
-  """Medians of every layout side by side, each after the first with its
-  ratio to the first."""
-  names = list(layouts)
+def print_side_by_side(columns: dict):
+  """Medians of several measurements (name -> figures) side by side, each
+  after the first with its ratio to the first; a figure missing from one
+  of them reads n/a there."""
+  names = list(columns)
   header = ["figure", names[0]]
   for name in names[1:]:
     header += [name, f"{name} / {names[0]}"]
   rows = [header + ["unit"]]
-  first = layouts[names[0]]["figures"]
-  for figure, f in first.items():
-    row = [figure, format_number(f["median"])]
+  figure_names = list(dict.fromkeys(f for c in columns.values() for f in c))
+  for figure in figure_names:
+    first = columns[names[0]].get(figure)
+    base = first and first["median"]
+    row = [figure, format_number(base)]
     for name in names[1:]:
-      other = layouts[name]["figures"].get(figure)
+      other = columns[name].get(figure)
       median = other and other["median"]
       row += [format_number(median),
-              f"{median / f['median']:.2f}" if median and f["median"]
-              else "n/a"]
-    rows.append(row + [f["unit"]])
+              f"{median / base:.2f}" if median and base else "n/a"]
+    unit = (first or next(c[figure] for c in columns.values()
+                          if figure in c))["unit"]
+    rows.append(row + [unit])
   widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
   for i, row in enumerate(rows):
     cells = [row[0].ljust(widths[0])]
@@ -786,7 +771,8 @@ def main(argv) -> int:
       print(f"error: {e}", file=sys.stderr)
       return 1
     print()
-    print_layouts(layouts)
+    print_side_by_side({name: layout["figures"]
+                        for name, layout in layouts.items()})
     with open(options.out, "w") as f:
       json.dump(results, f, indent=2)
     print(f"\nwrote {options.out}")
@@ -836,7 +822,7 @@ def main(argv) -> int:
   if baseline_figures is None:
     print_table(figures)
   else:
-    print_comparison(baseline_figures, figures)
+    print_side_by_side(dict(baseline=baseline_figures, config=figures))
   with open(options.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"\nwrote {options.out}")
