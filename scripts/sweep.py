@@ -27,6 +27,9 @@ The sweep file (`configs/sweeps/<name>.py`, or any path) defines
   seeds         runs per trial (default 1): seeds config.seed, +1, ...;
                 the trial's value is the mean of theirs, so that one lucky
                 seed does not pick the config
+  start_from_base  True: the study's first trial is the base config itself
+                (its values of the space keys, which must lie in the
+                space), so the study holds the config it tries to beat
 
 `--trials N` is the total number of finished (complete or pruned) trials in
 the study: the same command, rerun after an interruption (Ctrl-C or even
@@ -58,7 +61,7 @@ from muesli_jax.errors import NonFiniteLossError  # noqa: E402
 
 SWEEP_DIR = os.path.join(config_lib.REPO_ROOT, "configs", "sweeps")
 SWEEP_KEYS = ("base_config", "overrides", "space", "objective", "direction",
-              "pruner", "report_every", "seeds")
+              "pruner", "report_every", "seeds", "start_from_base")
 PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps")
 KINDS = ("float", "log_float", "int", "log_int", "categorical")
 OBJECTIVES = ("train_return", "eval_return", "steps_to_solve")
@@ -121,7 +124,11 @@ def load_sweep(path: str) -> dict:
                direction=sweep.get("direction", "maximize"),
                pruner=sweep.get("pruner", {}),
                report_every=sweep.get("report_every", 10_000),
-               seeds=sweep.get("seeds", 1))
+               seeds=sweep.get("seeds", 1),
+               start_from_base=sweep.get("start_from_base", False))
+  if not isinstance(sweep["start_from_base"], bool):
+    raise SweepError(f"start_from_base must be True or False, got "
+                     f"{sweep['start_from_base']!r}")
   if not sweep["space"]:
     raise SweepError(f"{path}: the space is empty")
   sweep["space"] = {key: normalize_spec(key, spec)
@@ -235,6 +242,17 @@ def spec_values(spec: tuple) -> list:
   return list(spec[1]) if spec[0] == "categorical" else [spec[1], spec[2]]
 
 
+def in_space(value, spec: tuple) -> bool:
+  if spec[0] == "categorical":
+    return any(value == c and type(value) is type(c) for c in spec[1])
+  kind, low, high, step = spec
+  if isinstance(value, bool) or not _is_number(value) or not low <= value <= high:
+    return False
+  if kind.endswith("int") and not float(value).is_integer():
+    return False
+  return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-9
+
+
 def make_base(sweep: dict, cli: list):
   """The base config with the fixed overrides; `(config, fixed)` where `fixed`
   holds every fixed value (sweep file then command line), typed."""
@@ -271,6 +289,12 @@ def make_base(sweep: dict, cli: list):
         config_lib.validate(trial)
       except config_lib.ConfigError as e:
         raise SweepError(f"space[{key!r}]: {value!r} is not a valid value: {e}") from None
+  if sweep["start_from_base"]:
+    outside = [f"{key}={config[key]!r}" for key, spec in sweep["space"].items()
+               if not in_space(config[key], spec)]
+    if outside:
+      raise SweepError(f"start_from_base: the base config's {', '.join(outside)} "
+                       "lie outside the space")
   if sweep["seeds"] > 1 and "seed" in sweep["space"]:
     raise SweepError("seed is searched (space) and set per run (seeds > 1): "
                      "drop one")
@@ -295,6 +319,8 @@ def settings(sweep: dict, fixed: dict) -> dict:
                 objective=sweep["objective"], direction=sweep["direction"])
   if sweep["seeds"] > 1:  # studies made before `seeds` existed stay valid
     record["seeds"] = sweep["seeds"]
+  if sweep["start_from_base"]:
+    record["start_from_base"] = True
   return json.loads(json.dumps(record))  # tuples become lists, as when stored
 
 
@@ -640,6 +666,22 @@ def recover(optuna, storage, study) -> None:
           f"failed, its parameters queued again", flush=True)
 
 
+def start_study(study, sweep: dict, base, fixed: dict, name: str) -> None:
+  """Records the sweep's settings in a new study (and queues the base config
+  as its first trial where the sweep asks); refuses a study run with others."""
+  wanted = settings(sweep, fixed)
+  stored = study.user_attrs.get("sweep")
+  if stored is None:
+    study.set_user_attr("sweep", wanted)
+    if sweep["start_from_base"]:
+      study.enqueue_trial({key: base[key] for key in sweep["space"]},
+                          user_attrs={"base_config": True})
+  elif stored != wanted:
+    differ = ", ".join(k for k in wanted if stored.get(k) != wanted[k])
+    raise SweepError(f"{name} was run with other settings ({differ} differ): "
+                     "rerun its command or pick another --study")
+
+
 def supervise(args, sweep, base, argv) -> int:
   optuna = import_optuna()
   study_dir = os.path.join(base.logdir, "sweeps", args.study)
@@ -657,15 +699,7 @@ def supervise(args, sweep, base, argv) -> int:
                      f"{args.study!r} that {args.storage} does not have: move it "
                      "or pick another --study")
   study = load_study(optuna, storage, args.study, sweep, create=True)
-  wanted = settings(sweep, args.fixed)
-  stored = study.user_attrs.get("sweep")
-  if stored is None:
-    study.set_user_attr("sweep", wanted)
-  elif stored != wanted:
-    differ = ", ".join(k for k in wanted if stored.get(k) != wanted[k])
-    raise SweepError(f"study {args.study!r} in {args.storage} was run with other "
-                     f"settings ({differ} differ): rerun its command or pick "
-                     "another --study")
+  start_study(study, sweep, base, args.fixed, f"study {args.study!r} in {args.storage}")
   recover(optuna, storage, study)
   n = counts(optuna, study)
   missing = args.trials - n["finished"]

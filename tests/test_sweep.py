@@ -263,6 +263,51 @@ def test_steps_to_solve_over_several_seeds(tmp_path, capsys):
   assert sweep.settings(settings, fixed)["seeds"] == 2
 
 
+def test_start_from_base_runs_the_base_config_first(tmp_path):
+  """`start_from_base=True`: a new study's first trial is the base config's
+  own values of the space keys; a rerun does not queue it again."""
+  sweep = import_sweep()
+  seen = []
+
+  class FakeTraining:
+
+    def train(self, config, run_dir=None, progress=True, on_log=None):
+      seen.append((config.learning_rate, config.batch_size, config.lr_decay))
+      return dict(mean_return_last_100=1.0, env_steps=config.total_env_steps,
+                  solved_at_steps=100, interrupted=False)
+
+  spec_file = tmp_path / "s.py"
+  spec_file.write_text(
+      "def get_sweep():\n  return dict(base_config='cartpole.py', "
+      "overrides=dict(batch_size=8), "
+      "space=dict(learning_rate=('log_float', 1e-4, 1e-2), "
+      "lr_decay=('categorical', [False, True])), "
+      "objective='steps_to_solve', direction='minimize', pruner=None, "
+      "start_from_base=True)\n")
+  settings = sweep.load_sweep(str(spec_file))
+  base, fixed = sweep.make_base(settings, [])
+  study = optuna.create_study(direction="minimize")
+  sweep.start_study(study, settings, base, fixed, "study")
+  sweep.start_study(study, settings, base, fixed, "study")  # a rerun
+  for _ in range(2):
+    sweep.run_trial(optuna, FakeTraining(), study, study.ask(), settings, base,
+                    str(tmp_path))
+  assert seen[0] == (base.learning_rate, 8, base.lr_decay)
+  assert study.trials[0].user_attrs["base_config"]
+  assert "base_config" not in study.trials[1].user_attrs
+  assert len(study.trials) == 2
+
+
+@pytest.mark.parametrize("space, words", [
+    ("learning_rate=('log_float', 1e-2, 1e-1)", ["learning_rate=", "outside"]),
+    ("lr_decay=('categorical', [False])", ["lr_decay=True", "outside"]),
+    ("batch_size=('int', 1, 63, 2)", ["batch_size=32", "outside"]),
+], ids=["float", "categorical", "int_step"])
+def test_base_outside_the_space_is_refused(tmp_path, space, words):
+  assert_sweep_refused(tmp_path, f"space=dict({space}), start_from_base=True",
+                       words)
+
+
 @pytest.mark.parametrize("extra, words", [
     ("objective='steps_to_solve', pruner=None", ["steps_to_solve", "minimize"]),
     ("objective='steps_to_solve', direction='minimize'",
