@@ -10,6 +10,7 @@ from typing import Any, List, Optional
 
 import jax
 
+import muesli_jax
 from muesli_jax import checkpoint, distributed, learner, placement
 from muesli_jax import envs as envs_lib
 from muesli_jax import hparams as hparams_lib
@@ -108,6 +109,8 @@ class Run:
     self.logger: Optional[run_record.Logger] = None
     self.record: Optional[run_record.EpisodeRecord] = None
     self.started = time.time()
+    # Imports, envs, replay and networks of this process: not in seconds().
+    self.startup_seconds = self.started - muesli_jax.LOADED_AT
     self.first_env_steps = actor.env_steps
     self._seconds_before = progress.seconds  # of the processes before this
     # Replay steps that do not count towards the warm-up: after a resume

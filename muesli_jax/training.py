@@ -158,6 +158,7 @@ def summarize(run: Run, interrupted: bool,
       replicas_identical=run.update.replicas_identical(run.state),
       evaluations=progress.evaluations, resumed_at=progress.resumed_at,
       exact_resume=progress.exact_resume,
+      startup_seconds=run.startup_seconds,
       checkpoint=(os.path.join(run.checkpoints.directory, str(latest))
                   if latest is not None else None),
       params_digest=run_record.params_digest(run.update.first(run.state)))

@@ -113,9 +113,15 @@ def main(argv) -> int:
     return 130
   solved = summary["solved_at_steps"]
   if solved is not None:
+    seconds = summary["solved_at_seconds"]
+    # A first run's start-up counts: what one waits from the command on.
+    since_start = ("" if summary.get("resumed_at") or
+                   summary.get("startup_seconds") is None else
+                   f"; {seconds + summary['startup_seconds']:.0f} s after the "
+                   "command started")
     print(f"mean return of the last 100 episodes first reached "
           f"{config.solve_return:g} at {solved} env steps "
-          f"({summary['solved_at_seconds']:.0f} s)")
+          f"({seconds:.0f} s of training{since_start})")
   if summary.get("checkpoint"):
     print(f"checkpoint: {summary['checkpoint']}")
   if summary.get("eval_return_mean") is not None:

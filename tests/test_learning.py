@@ -5,10 +5,12 @@ in the async loop; how runs stop."""
 import glob
 import json
 import os
+import time
 
 import pytest
 
 import conftest
+import muesli_jax
 from configs import cartpole
 from muesli_jax import interrupts, training
 from muesli_jax.errors import NonFiniteLossError
@@ -117,10 +119,18 @@ def test_stop_when_solved_ends_the_run_early(tmp_path):
   config.solve_return = 10.0  # any policy's first 100 episodes reach it
   config.stop_when_solved = True
   config.update(logdir=str(tmp_path), **conftest.TINY_NETWORK)
+  called = time.time()
   summary = training.train(config, run_name="stop", progress=False)
+  returned = time.time()
   assert summary["solved_at_steps"] is not None
   assert summary["env_steps"] == summary["solved_at_steps"]
   assert summary["env_steps"] < config.total_env_steps
+  # Start-up is counted from the package's import to the training loop:
+  # what came before train() was called, and none of the loop's seconds.
+  since_import = called - muesli_jax.LOADED_AT
+  assert since_import <= summary["startup_seconds"]
+  assert (summary["startup_seconds"] + summary["seconds"] <=
+          returned - muesli_jax.LOADED_AT)
 
 
 def test_interrupt_inside_an_update_is_delivered_after_it():
