@@ -1,13 +1,16 @@
 """Plays fresh episodes with a trained checkpoint and prints mean/std return.
 
 `python scripts/evaluate.py RUN_DIR [--episodes 100] [--greedy] [--seed 10000]
-[--video episode.mp4|episode.gif] [--fps N]`
+[--video episode.mp4|episode.gif] [--fps N] [--out evaluation.json]`
 RUN_DIR is a folder written by `scripts/train.py` (config.json and its
 checkpoints). Acts with the target (prior) params, as training does.
 `--video` records env 0's first episode (up to 1000 frames) and writes it.
+`--out` writes every episode's return and length, the checkpoint's env step
+and the settings as JSON (what results tables pool over runs).
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -44,6 +47,24 @@ def evaluate(run_dir: str, episodes: int, greedy: bool, seed: int,
     return result, evaluator.fps
 
 
+def write_result(path: str, run_dir: str, result: EvalResult, greedy: bool,
+                 seed: int) -> None:
+  step = None
+  if os.path.isdir(os.path.join(run_dir, checkpoint.CHECKPOINT_DIR)):
+    checkpoints = checkpoint.Checkpoints(run_dir)
+    try:
+      step = checkpoints.latest_step()
+    finally:
+      checkpoints.close()
+  record = dict(run_dir=run_dir, checkpoint_env_steps=step,
+                greedy=greedy, seed=seed, episodes=len(result.returns),
+                mean=float(result.returns.mean()),
+                returns=[float(r) for r in result.returns],
+                lengths=[int(n) for n in result.lengths])
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("run_dir")
@@ -55,6 +76,8 @@ def main():
                       help="write env 0's first episode to PATH (.mp4 or .gif)")
   parser.add_argument("--fps", type=float, default=None,
                       help="video frame rate (default: the env's real time)")
+  parser.add_argument("--out", metavar="PATH",
+                      help="write the episodes' returns and lengths as JSON")
   args = parser.parse_args()
 
   def fail(message) -> int:
@@ -72,6 +95,8 @@ def main():
       return fail(e)
   if not os.path.isfile(os.path.join(args.run_dir, "config.json")):
     return fail(f"{args.run_dir} is not a run folder (no config.json)")
+  if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+    return fail(f"--out {args.out}: its folder does not exist")
   try:
     result, fps = evaluate(args.run_dir, args.episodes, args.greedy,
                            args.seed, record=bool(args.video))
@@ -83,6 +108,12 @@ def main():
   print(f"{len(returns)} episodes ({mode} actions): mean {returns.mean():.1f}, "
         f"std {returns.std():.1f}, min {returns.min():.1f}, "
         f"max {returns.max():.1f}")
+  if args.out:
+    try:
+      write_result(args.out, args.run_dir, result, args.greedy, args.seed)
+    except OSError as e:
+      return fail(f"cannot write {args.out}: {e}")
+    print(f"episodes: {args.out}")
   if args.video:
     try:
       video.write_video(args.video, result.frames, fps=args.fps or fps)

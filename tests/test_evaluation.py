@@ -3,6 +3,7 @@ scripts/evaluate.py end to end, with tiny random-init networks."""
 
 import contextlib
 import io
+import json
 import os
 import sys
 import types
@@ -216,10 +217,25 @@ def test_evaluate_script_writes_a_video(run_dir, tmp_path):
   assert 1 < len(delays) <= recorded and sum(delays) == 20 * recorded
 
 
-@pytest.mark.parametrize("problem", ["no_config", "avi"])
+def test_evaluate_script_writes_the_episodes(run_dir, tmp_path):
+  out = tmp_path / "evaluation.json"
+  result = evaluate(run_dir, "--episodes", 4, "--greedy", "--out", out)
+  assert result.returncode == 0, result.stderr
+  record = json.loads(out.read_text())
+  assert record["episodes"] == len(record["returns"]) == len(record["lengths"]) == 4
+  assert record["greedy"] and record["checkpoint_env_steps"] == 0
+  assert f"mean {record['mean']:.1f}," in result.stdout
+  assert record["mean"] == pytest.approx(np.mean(record["returns"]))
+  # CartPole pays 1 per step: each return is its episode's length.
+  assert record["returns"] == [float(n) for n in record["lengths"]]
+
+
+@pytest.mark.parametrize("problem", ["no_config", "avi", "out_folder"])
 def test_evaluate_script_errors(run_dir, tmp_path, problem):
   if problem == "no_config":
     result = evaluate(tmp_path, "--episodes", 1)
+  elif problem == "out_folder":
+    result = evaluate(run_dir, "--out", tmp_path / "missing" / "e.json")
   else:
     result = evaluate(run_dir, "--video", tmp_path / "x.avi")
   assert result.returncode == 2
