@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps_per_update = 1  # vector-env steps between updates
   c.learning_rate = 6e-4
   c.lr_decay = True
+  # Env steps over which the rate decays to 0; 0: total_env_steps. Set, a
+  # shorter run (e.g. a sweep's trial) follows a longer run's schedule.
+  c.lr_decay_env_steps = 0
   c.adam_eps = 1e-8
   c.update_clip = 1.0
   c.weight_decay = 0.0

@@ -110,13 +110,18 @@ class LearnerHparams:
 
   @classmethod
   def from_config(cls, config) -> "LearnerHparams":
-    """From a config's attributes; the decay spans the run's updates
-    (`total_env_steps / (num_envs * steps_per_update)`)."""
+    """From a config's attributes; the decay spans the updates of
+    `lr_decay_env_steps` env steps (0: the run's `total_env_steps`), i.e.
+    `env_steps / (num_envs * steps_per_update)`."""
     fields = {f.name: getattr(config, f.name)
               for f in dataclasses.fields(cls) if f.name != "lr_decay_updates"}
+    horizon = config.get("lr_decay_env_steps", 0)
+    if horizon < 0:
+      raise ConfigError(f"lr_decay_env_steps must be >= 0 (0: total_env_steps), "
+                        f"got {horizon}")
     return cls(lr_decay_updates=total_updates(
-        config.total_env_steps, config.num_envs, config.steps_per_update),
-               **fields)
+        horizon or config.total_env_steps, config.num_envs,
+        config.steps_per_update), **fields)
 
   @property
   def window(self) -> int:

@@ -41,6 +41,12 @@ def test_the_learning_rate_decays_over_the_updates_of_the_run():
   assert LearnerHparams.from_config(config).lr_decay_updates == 250
   config.total_env_steps = 10  # Less than one update: still one.
   assert LearnerHparams.from_config(config).lr_decay_updates == 1
+  # Its own horizon: a short run on a longer run's schedule.
+  config.lr_decay_env_steps = 30_000
+  assert LearnerHparams.from_config(config).lr_decay_updates == 750
+  config.lr_decay_env_steps = -1
+  with pytest.raises(ConfigError, match="lr_decay_env_steps must be >= 0"):
+    config_lib.validate(config)
 
 
 def test_records_are_frozen():

@@ -7,13 +7,16 @@ result) until the mean of the last 100 training returns reaches 200, or
 for at most 100k env steps. Its value is the mean of their env steps to
 solve, an unsolved run counting as the whole budget: a config that solves
 early on both seeds wins, not one lucky seed. Trial 0 is lunar.py itself.
+The learning rate decays over 300k env steps, as in a `make train` run of
+300k: a trial is the first 100k steps of that run, not a faster schedule.
 """
 
 
 def get_sweep():
   return dict(
       base_config="lunar.py",
-      overrides=dict(seed=0, total_env_steps=100_000, stop_when_solved=True,
+      overrides=dict(seed=0, total_env_steps=100_000, lr_decay_env_steps=300_000,
+                     stop_when_solved=True,
                      eval_interval=0, checkpoint_interval=0),
       space=dict(
           learning_rate=("log_float", 3e-4, 3e-3),
