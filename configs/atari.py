@@ -13,7 +13,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "ALE/Pong-v5"
   c.total_env_steps = 10_000_000  # agent steps (x4 frames)
   c.num_envs = 16

@@ -4,7 +4,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "CartPole-v1"
   c.num_envs = 8
   c.total_env_steps = 50_000

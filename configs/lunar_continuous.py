@@ -9,6 +9,6 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "LunarLanderContinuous-v3"
   return c

@@ -13,7 +13,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   scale = 4
   c.num_envs = 16 * scale
   c.batch_size = 32 * scale

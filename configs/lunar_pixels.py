@@ -10,7 +10,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.pixels = True
   c.frame_size = 64
   c.frame_width = 96

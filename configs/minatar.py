@@ -10,7 +10,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "MinAtar/Breakout-v1"
   c.total_env_steps = 1_000_000
   c.num_envs = 16

@@ -11,7 +11,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "MiniGrid-DoorKey-5x5-v0"
   c.total_env_steps = 300_000
   c.num_envs = 16

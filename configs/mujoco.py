@@ -17,7 +17,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "HalfCheetah-v5"
   c.total_env_steps = 1_000_000
   c.num_envs = 16

@@ -9,7 +9,7 @@ from configs import lunar
 
 
 def get_config():
-  c = lunar.get_config()
+  c = lunar.shared_config()
   c.env_id = "Pendulum-v1"
   c.total_env_steps = 50_000
   # 4 envs: twice the updates per env step of 8. With 8, one seed of three
