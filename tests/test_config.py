@@ -256,3 +256,17 @@ def test_run_name_mistakes_are_one_error_line(tmp_path, capsys, args,
   assert err.startswith("error: ") and err.count("\n") == 1
   assert message in err
   assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+@pytest.mark.parametrize("name", sorted(
+    f for f in os.listdir(os.path.join(config_lib.REPO_ROOT, "configs"))
+    if f.endswith(".py") and not f.startswith("_") and f != "lunar.py"))
+def test_only_lunar_takes_its_swept_values(in_repo_root, monkeypatch, name):
+  """The other configs start from `lunar.shared_config()`: what lunar.py's
+  sweep changes does not move results measured with the shared values."""
+  from configs import lunar
+  marker = 0.123456
+  monkeypatch.setattr(lunar, "SWEPT", dict(lunar.SWEPT, learning_rate=marker))
+  assert lunar.get_config().learning_rate == marker
+  # The other files import configs.lunar, the module patched here.
+  assert config_lib.parse_args(["--config", name]).learning_rate != marker
