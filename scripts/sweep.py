@@ -31,6 +31,10 @@ The sweep file (`configs/sweeps/<name>.py`, or any path) defines
                 (its values of the space keys, which must lie in the
                 space), so the study holds the config it tries to beat
 
+`--summary N` prints the study's N best complete trials (and the base
+config's trial, with `start_from_base`) as a markdown table, and runs
+nothing.
+
 `--trials N` is the total number of finished (complete or pruned) trials in
 the study: the same command, rerun after an interruption (Ctrl-C or even
 `kill -9`), continues the study and runs only what is missing. Trials left
@@ -341,6 +345,8 @@ def parse_cli(argv):
                       "sqlite:///<logdir>/sweeps/<study>.db)")
   parser.add_argument("--pin", action="store_true",
                       help="pin each worker to its share of the CPU cores")
+  parser.add_argument("--summary", type=int, metavar="N",
+                      help="print the N best trials as a markdown table; run nothing")
   parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
   args, rest = parser.parse_known_args(argv)
   cli = config_lib.parse_overrides(rest, "; overrides are --config.KEY=VALUE")
@@ -348,6 +354,8 @@ def parse_cli(argv):
     raise SweepError(f"--trials must be at least 1, got {args.trials}")
   if args.jobs < 1:
     raise SweepError(f"--jobs must be at least 1, got {args.jobs}")
+  if args.summary is not None and args.summary < 1:
+    raise SweepError(f"--summary must be at least 1, got {args.summary}")
   return args, cli
 
 
@@ -682,6 +690,45 @@ def start_study(study, sweep: dict, base, fixed: dict, name: str) -> None:
                      "rerun its command or pick another --study")
 
 
+def summary_table(optuna, study, sweep: dict, n: int) -> str:
+  """The `n` best complete trials (and the base config's) as markdown."""
+  TS = optuna.trial.TrialState
+  complete = study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+  if not complete:
+    raise SweepError(f"study {study.study_name!r} has no complete trial yet")
+  sign = 1 if sweep["direction"] == "minimize" else -1
+  ranked = sorted(complete, key=lambda t: (sign * t.value, t.number))
+  shown = ranked[:n] + [t for t in ranked[n:] if t.user_attrs.get("base_config")]
+  keys = list(sweep["space"])
+  lines = [f"| rank | trial | {sweep['objective']} |"
+           + (" per seed |" if sweep["seeds"] > 1 else "")
+           + "".join(f" {k} |" for k in keys),
+           "|" + "---:|" * (3 + (sweep["seeds"] > 1) + len(keys))]
+  for t in shown:
+    rank = ranked.index(t) + 1
+    name = f"{t.number} (base)" if t.user_attrs.get("base_config") else str(t.number)
+    seeds = (" " + ", ".join(f"{v:.6g}" for v in t.user_attrs.get("seed_values", []))
+             + " |") if sweep["seeds"] > 1 else ""
+    values = "".join(f" {v:.3g} |" if isinstance(v, float) else f" {v} |"
+                     for v in (t.params[k] for k in keys))
+    lines.append(f"| {rank} | {name} | {t.value:.6g} |{seeds}{values}")
+  failed = len(study.get_trials(deepcopy=False, states=(TS.FAIL,)))
+  lines.append("")
+  lines.append(f"{len(complete)} complete trials ({sweep['direction']}), "
+               f"{failed} failed or interrupted; study {study.study_name!r}.")
+  return "\n".join(lines) + "\n"
+
+
+def print_summary(args, sweep: dict, n: int) -> int:
+  optuna = import_optuna()
+  storage = make_storage(optuna, args.storage)
+  if args.study not in optuna.study.get_all_study_names(storage):
+    raise SweepError(f"no study {args.study!r} in {args.storage}")
+  study = load_study(optuna, storage, args.study, sweep)
+  print(summary_table(optuna, study, sweep, n), end="")
+  return 0
+
+
 def supervise(args, sweep, base, argv) -> int:
   optuna = import_optuna()
   study_dir = os.path.join(base.logdir, "sweeps", args.study)
@@ -787,6 +834,8 @@ def main(argv) -> int:
         "sqlite:///" + os.path.join(base.logdir, "sweeps", f"{args.study}.db"))
     if args.worker is not None:
       return worker(args, sweep, base)
+    if args.summary is not None:
+      return print_summary(args, sweep, args.summary)
     from muesli_jax import envs  # gymnasium, not JAX: the supervisor stays light
     try:
       envs.check_env_id(base.env_id)

@@ -116,6 +116,51 @@ def test_killed_sweep_resumes_its_study(tmp_path):
   assert f"optuna-dashboard sqlite:///runs/sweeps/cartpole.db" in again.stdout
 
 
+def test_summary_ranks_trials_and_keeps_the_base(tmp_path, capsys):
+  """`--summary N`: the N best complete trials, then the base config's
+  trial wherever it ranks, as one markdown table."""
+  sweep = import_sweep()
+  steps = iter([9000, 3000, 6000, 4000, 8000, 5000])  # seed 0, seed 1, ...
+
+  class FakeTraining:
+
+    def train(self, config, run_dir=None, progress=True, on_log=None):
+      return dict(mean_return_last_100=1.0, env_steps=config.total_env_steps,
+                  solved_at_steps=next(steps), interrupted=False)
+
+  spec_file = tmp_path / "s.py"
+  spec_file.write_text(
+      "def get_sweep():\n  return dict(base_config='cartpole.py', "
+      "overrides=dict(total_env_steps=10000), "
+      "space=dict(learning_rate=('log_float', 1e-4, 1e-2)), "
+      "objective='steps_to_solve', direction='minimize', pruner=None, "
+      "seeds=2, start_from_base=True)\n")
+  settings = sweep.load_sweep(str(spec_file))
+  base, fixed = sweep.make_base(settings, [])
+  storage = f"sqlite:///{tmp_path}/s.db"
+  study = optuna.create_study(study_name="s", storage=storage, direction="minimize")
+  sweep.start_study(study, settings, base, fixed, "study")
+  for _ in range(3):  # values: 6000 (the base), 5000, 6500
+    sweep.run_trial(optuna, FakeTraining(), study, study.ask(), settings, base,
+                    str(tmp_path))
+  table = sweep.summary_table(optuna, study, settings, 1).splitlines()
+  assert table[0].startswith("| rank | trial | steps_to_solve | per seed | "
+                             "learning_rate |")
+  assert table[2].startswith("| 1 | 1 | 5000 | 6000, 4000 | ")
+  assert table[3].startswith("| 2 | 0 (base) | 6000 | 9000, 3000 | ")
+  assert len([line for line in table if line.startswith("| ")]) == 3
+  assert "3 complete trials" in table[-1]
+  # From the command line, against the stored study.
+  code = sweep.main(["--sweep", str(spec_file), "--summary", "5", "--storage",
+                     storage, "--study", "s"])
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert "| 3 | 2 | 6500 | 8000, 5000 |" in printed
+  assert sweep.main(["--sweep", str(spec_file), "--summary", "5", "--storage",
+                     storage, "--study", "other"]) == 2
+  assert "no study 'other'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("space, words", [
     ('dict(lerning_rate=("log_float", 1e-4, 1e-3))', ["lerning_rate", "learning_rate"]),
     ('dict(learning_rate=("log_float", 0.0, 1e-3))', ["learning_rate", "low > 0"]),
