@@ -11,6 +11,8 @@ import collections
 import hashlib
 import json
 import os
+import sys
+import threading
 import time
 from typing import Any, Dict, Iterable, Optional, Sequence
 
@@ -21,6 +23,9 @@ from tensorboardX import SummaryWriter
 
 from muesli_jax.errors import ConfigError, NonFiniteLossError
 from muesli_jax.video import frame_strip
+
+# How long the end of a run waits for TensorBoard's writer to close.
+WRITER_CLOSE_SECONDS = 60.0
 
 
 def default_run_dir(config, stamp: Optional[str] = None) -> str:
@@ -130,7 +135,19 @@ class Logger:
   def close(self):
     self._bar.close()
     self._csv.close()
-    self.writer.close()
+    # tensorboardX hands events to its writing thread through a
+    # multiprocessing queue, and its close waits for that thread. Once (a
+    # Ctrl-C under heavy load) the thread never got the stop and the process
+    # hung there after its checkpoint and summary were written. Events up to
+    # the last flush are on disk: wait a while, then go on without it.
+    closer = threading.Thread(target=self.writer.close, daemon=True,
+                              name="tensorboard-close")
+    closer.start()
+    closer.join(WRITER_CLOSE_SECONDS)
+    if closer.is_alive():
+      print(f"warning: TensorBoard's writer did not close within "
+            f"{WRITER_CLOSE_SECONDS:g} s; events after its last flush may be "
+            "missing", file=sys.stderr, flush=True)
 
 
 class EpisodeRecord:

@@ -5,6 +5,7 @@ in the async loop; how runs stop."""
 import glob
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 import conftest
 import muesli_jax
 from configs import cartpole
-from muesli_jax import interrupts, training
+from muesli_jax import interrupts, run_record, training
 from muesli_jax.errors import NonFiniteLossError
 
 
@@ -155,3 +156,19 @@ def _check_interrupt_is_deferred(signal_lib):
       done.append("update finished")
   assert done == ["update finished"]
   assert signal_lib.getsignal(signal_lib.SIGINT) is signal_lib.default_int_handler
+
+
+def test_a_writer_that_never_closes_does_not_hang_the_run(tmp_path, monkeypatch,
+                                                           capsys):
+  """The end of a run waits a bounded time for TensorBoard's writer."""
+  logger = run_record.Logger(str(tmp_path), 100, progress=False)
+  release = threading.Event()
+  close = logger.writer.close
+  monkeypatch.setattr(logger.writer, "close", release.wait)
+  monkeypatch.setattr(run_record, "WRITER_CLOSE_SECONDS", 0.2)
+  started = time.time()
+  logger.close()
+  assert time.time() - started < 10
+  assert "did not close within 0.2 s" in capsys.readouterr().err
+  release.set()
+  close()
