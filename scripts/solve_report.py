@@ -1,11 +1,12 @@
 """How fast a set of runs solved their env: one row per run, and the spread.
 
   python scripts/solve_report.py RUN_DIR [RUN_DIR ...] [--out table.md]
-      [--json report.json]
+      [--json report.json] [--eval evaluation.json]
 
 Each RUN_DIR is a scripts/train.py run folder (its summary.json, and the
 evaluation.json that `scripts/evaluate.py RUN_DIR --out
-RUN_DIR/evaluation.json` writes, where there is one). Per run: the env steps
+RUN_DIR/evaluation.json` writes, where there is one; `--eval NAME` reads
+RUN_DIR/NAME instead, e.g. a second evaluation with sampled actions). Per run: the env steps
 at which the mean of the last 100 training returns first reached the
 config's `solve_return`, the minutes from the command's start to that point
 (the run's start-up, i.e. imports, envs and networks, plus its training
@@ -35,7 +36,7 @@ class ReportError(ValueError):
   pass
 
 
-def load_run(run_dir: str) -> dict:
+def load_run(run_dir: str, eval_name: str = "evaluation.json") -> dict:
   path = os.path.join(run_dir, "summary.json")
   if not os.path.isfile(path):
     raise ReportError(f"{run_dir} holds no summary.json (not a finished run)")
@@ -49,7 +50,7 @@ def load_run(run_dir: str) -> dict:
     raise ReportError(f"{run_dir}: no start-up time of one uninterrupted "
                       "process (older or resumed run)")
   evaluation = None
-  eval_path = os.path.join(run_dir, "evaluation.json")
+  eval_path = os.path.join(run_dir, eval_name)
   if os.path.isfile(eval_path):
     with open(eval_path) as f:
       evaluation = json.load(f)
@@ -81,8 +82,9 @@ def bootstrap(values: np.ndarray, statistic, reps: int = REPS,
                                           method="inverted_cdf")]
 
 
-def report(run_dirs: list) -> dict:
-  runs = sorted((load_run(d) for d in run_dirs), key=lambda r: r["seed"])
+def report(run_dirs: list, eval_name: str = "evaluation.json") -> dict:
+  runs = sorted((load_run(d, eval_name) for d in run_dirs),
+                key=lambda r: r["seed"])
   steps = np.array([math.inf if r["solved_at_steps"] is None
                     else r["solved_at_steps"] for r in runs], float)
   minutes = np.array([math.inf if r["solved_at_minutes"] is None
@@ -165,9 +167,11 @@ def main(argv=None) -> int:
   parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
   parser.add_argument("--out", help="write the markdown table here")
   parser.add_argument("--json", help="write the figures as JSON here")
+  parser.add_argument("--eval", default="evaluation.json", metavar="NAME",
+                      help="each run's evaluation file (default evaluation.json)")
   args = parser.parse_args(argv)
   try:
-    rep = report(args.run_dirs)
+    rep = report(args.run_dirs, args.eval)
   except (ReportError, OSError, KeyError, json.JSONDecodeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

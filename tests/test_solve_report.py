@@ -79,3 +79,13 @@ def test_errors_are_one_line(tmp_path, capsys, problem):
   assert solve_report.main([run]) == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:")
+
+
+def test_another_evaluation_file(tmp_path):
+  run = make_run(tmp_path / "a", 0, 50_000, 100.0, returns=[250.0])
+  (tmp_path / "a" / "sampled.json").write_text(json.dumps(dict(
+      greedy=False, returns=[100.0, 200.0])))
+  rep = solve_report.report([run], "sampled.json")
+  assert rep["eval_mean"] == 150.0 and not rep["eval_greedy"]
+  assert "(sampled actions)" in solve_report.markdown(rep)
+  assert solve_report.report([run])["eval_mean"] == 250.0
