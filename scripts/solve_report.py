@@ -65,12 +65,6 @@ def load_run(run_dir: str, eval_name: str = "evaluation.json") -> dict:
       eval_greedy=None if evaluation is None else evaluation["greedy"])
 
 
-def median_or_never(values: np.ndarray) -> float:
-  """The median with unsolved runs as +inf: finite while more than half
-  solved."""
-  return float(np.median(values))
-
-
 def bootstrap(values: np.ndarray, statistic, reps: int = REPS,
               seed: int = SEED) -> list:
   """95% percentile-bootstrap interval of `statistic` over axis 0."""
@@ -89,12 +83,13 @@ def report(run_dirs: list, eval_name: str = "evaluation.json") -> dict:
                     else r["solved_at_steps"] for r in runs], float)
   minutes = np.array([math.inf if r["solved_at_minutes"] is None
                       else r["solved_at_minutes"] for r in runs], float)
+  # Unsolved runs are +inf: a median is finite while more than half solved.
   out = dict(runs=runs, solved=int(np.isfinite(steps).sum()), of=len(runs),
-             median_steps=median_or_never(steps),
-             median_minutes=median_or_never(minutes))
+             median_steps=float(np.median(steps)),
+             median_minutes=float(np.median(minutes)))
   if len(runs) > 1:
-    out["median_steps_ci"] = bootstrap(steps, median_or_never)
-    out["median_minutes_ci"] = bootstrap(minutes, median_or_never)
+    out["median_steps_ci"] = bootstrap(steps, np.median)
+    out["median_minutes_ci"] = bootstrap(minutes, np.median)
   evaluated = [r for r in runs if r["eval_returns"] is not None]
   if evaluated:
     pooled = [x for r in evaluated for x in r["eval_returns"]]
