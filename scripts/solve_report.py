@@ -1,7 +1,7 @@
 """How fast a set of runs solved their env: one row per run, and the spread.
 
   python scripts/solve_report.py RUN_DIR [RUN_DIR ...] [--out table.md]
-      [--json report.json] [--eval evaluation.json]
+      [--json report.json] [--eval evaluation.json] [--against RUN_DIR ...]
 
 Each RUN_DIR is a scripts/train.py run folder (its summary.json, and the
 evaluation.json that `scripts/evaluate.py RUN_DIR --out
@@ -16,8 +16,13 @@ Below the rows: how many runs solved; the median env steps and minutes to
 solve, an unsolved run counting as never (so the median exists only while
 more than half solved), with 95% percentile-bootstrap intervals over runs;
 and the evaluation's mean over every episode of every run, its interval
-resampling runs (episodes of one run are not independent draws). Bad
-arguments or a folder without summary.json: one `error:` line, exit 2.
+resampling runs (episodes of one run are not independent draws).
+
+`--against` pairs the runs by seed with a second set (e.g. the same config
+under another setting): on how many seeds each solved first, an exact
+two-sided sign test, and the median of the paired differences in env steps
+to solve with its bootstrap interval over seeds. Bad arguments or a folder
+without summary.json: one `error:` line, exit 2.
 """
 
 import argparse
@@ -103,6 +108,72 @@ def report(run_dirs: list, eval_name: str = "evaluation.json") -> dict:
   return out
 
 
+def _steps(run: dict) -> float:
+  return math.inf if run["solved_at_steps"] is None else float(run["solved_at_steps"])
+
+
+def sign_test(wins: int, losses: int) -> float:
+  """Exact two-sided sign test: the chance of a split at least this uneven
+  if either set were as likely to solve first on each seed."""
+  n = wins + losses
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+  return min(1.0, 2 * tail)
+
+
+def paired(runs: list, against: list) -> dict:
+  """Runs and `against` runs paired by seed. A difference is the `against`
+  run's env steps to solve minus this run's: positive where this one solved
+  first (never solving counts as inf; two runs that both never solved tie)."""
+  by_seed = {r["seed"]: r for r in against}
+  pairs = [(r, by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+  if not pairs:
+    raise ReportError("--against shares no seed with the runs")
+  a = np.array([_steps(r) for r, _ in pairs])
+  b = np.array([_steps(r) for _, r in pairs])
+  with np.errstate(invalid="ignore"):
+    diff = np.where(a == b, 0.0, b - a)
+  wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
+  out = dict(seeds=[r["seed"] for r, _ in pairs], steps=a.tolist(),
+             against_steps=b.tolist(), first=wins, later=losses,
+             tied=len(pairs) - wins - losses, sign_test_p=sign_test(wins, losses),
+             median_steps=float(np.median(a)),
+             against_median_steps=float(np.median(b)),
+             median_difference=float(np.median(diff)))
+  if len(pairs) > 1:
+    out["median_difference_ci"] = bootstrap(diff, np.median)
+  return out
+
+
+def _difference(x: float) -> str:
+  """A paired difference; ±∞ where only one of the two runs solved."""
+  if math.isinf(x):
+    return "+∞" if x > 0 else "−∞"
+  return f"{x:+,.0f}" if x else "0"
+
+
+def paired_markdown(pair: dict) -> str:
+  lines = ["", f"Paired by seed with the `--against` runs ({len(pair['seeds'])} "
+           "seeds):", "",
+           "| seed | env steps to solve | against | against − these |",
+           "|---:|---:|---:|---:|"]
+  for seed, a, b in zip(pair["seeds"], pair["steps"], pair["against_steps"]):
+    lines.append(f"| {seed} | {_number(a)} | {_number(b)} | "
+                 f"{_difference(0.0 if a == b else b - a)} |")
+  lines += ["",
+            f"- These solved first on **{pair['first']}** seeds, later on "
+            f"{pair['later']}, tied on {pair['tied']}; exact two-sided sign "
+            f"test p = {pair['sign_test_p']:.3f}",
+            f"- Median env steps to solve: {_number(pair['median_steps'])} "
+            f"against {_number(pair['against_median_steps'])}; median of the "
+            f"paired differences **{_difference(pair['median_difference'])}**"
+            + ("" if "median_difference_ci" not in pair else
+               " [{}, {}]".format(*map(_difference, pair["median_difference_ci"]))),
+            ""]
+  return "\n".join(lines)
+
+
 def finite_or_none(x):
   """`x` with every inf (a median never reached) as None: strict JSON."""
   if isinstance(x, float):
@@ -164,13 +235,19 @@ def main(argv=None) -> int:
   parser.add_argument("--json", help="write the figures as JSON here")
   parser.add_argument("--eval", default="evaluation.json", metavar="NAME",
                       help="each run's evaluation file (default evaluation.json)")
+  parser.add_argument("--against", nargs="+", metavar="RUN_DIR",
+                      help="a second set of runs, compared seed by seed")
   args = parser.parse_args(argv)
   try:
     rep = report(args.run_dirs, args.eval)
+    if args.against:
+      rep["paired"] = paired(rep["runs"], report(args.against, args.eval)["runs"])
   except (ReportError, OSError, KeyError, json.JSONDecodeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   text = markdown(rep)
+  if "paired" in rep:
+    text += paired_markdown(rep["paired"])
   print(text, end="")
   if args.out:
     with open(args.out, "w") as f:

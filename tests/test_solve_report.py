@@ -89,3 +89,44 @@ def test_another_evaluation_file(tmp_path):
   assert rep["eval_mean"] == 150.0 and not rep["eval_greedy"]
   assert "(sampled actions)" in solve_report.markdown(rep)
   assert solve_report.report([run])["eval_mean"] == 250.0
+
+
+def test_sign_test_exact_values():
+  assert solve_report.sign_test(8, 1) == pytest.approx(2 * (1 + 9) / 2 ** 9)
+  assert solve_report.sign_test(3, 3) == 1.0
+  assert solve_report.sign_test(0, 0) == 1.0
+  assert solve_report.sign_test(0, 5) == solve_report.sign_test(5, 0) == 2 / 32
+
+
+def test_against_pairs_runs_by_seed(tmp_path, capsys):
+  a, b = tmp_path / "a", tmp_path / "b"
+  a.mkdir()
+  b.mkdir()
+  these = [make_run(a / "s0", 0, 40_000, 100.0), make_run(a / "s1", 1, 90_000, 200.0),
+           make_run(a / "s2", 2), make_run(a / "s3", 3, 50_000, 120.0),
+           make_run(a / "s9", 9, 10_000, 30.0)]  # seed 9 has no pair
+  against = [make_run(b / "s3", 3), make_run(b / "s2", 2),
+             make_run(b / "s1", 1, 70_000, 150.0), make_run(b / "s0", 0, 60_000, 140.0)]
+  js = tmp_path / "r.json"
+  assert solve_report.main([*these, "--against", *against, "--json", str(js)]) == 0
+  pair = json.loads(js.read_text())["paired"]
+  assert pair["seeds"] == [0, 1, 2, 3]
+  # Seed 0: +20k; seed 1: -20k; seed 2: both never, a tie; seed 3: +inf.
+  assert (pair["first"], pair["later"], pair["tied"]) == (2, 1, 1)
+  assert pair["sign_test_p"] == pytest.approx(1.0)
+  assert pair["median_difference"] == pytest.approx(10_000)
+  assert pair["against_median_steps"] is None  # 2 of 4 never solved
+  out = capsys.readouterr().out
+  assert "| 3 | 50,000 | never | +∞ |" in out
+  assert "| 1 | 90,000 | 70,000 | -20,000 |" in out
+  assert "| 0 | 40,000 | 60,000 | +20,000 |" in out
+  assert "| 2 | never | never | 0 |" in out
+  assert "**+10,000** [-20,000, +∞]" in out
+
+
+def test_against_without_a_shared_seed_is_one_line(tmp_path, capsys):
+  run = make_run(tmp_path / "a", 0, 50_000, 100.0)
+  other = make_run(tmp_path / "b", 1, 50_000, 100.0)
+  assert solve_report.main([run, "--against", other]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: --against shares no seed with the runs"]
