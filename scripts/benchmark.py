@@ -38,9 +38,12 @@ of its own (XLA fixes its threads and devices when it starts), layouts
 alternating rep by rep, and printed side by side with their ratio to the
 first. A layout `<C>c[<D>d][1t]` is C cores (the process's CPU affinity:
 XLA sizes its thread pool to it), D CPU devices (default 1; the update
-`pmap`ped over them, the batch split between them) and, with `1t`, one
-thread per op (Eigen's multi-threading off). E.g. `2c` (two cores, XLA's
-default), `1c` (one core), `2c2d1t` (two devices of one thread each).
+`pmap`ped over them, the batch split between them) and, with `1t`, XLA's
+one-thread flags (`--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1`). jax 0.10's CPU client ignores those
+flags (a `1t` layout's matmul figure matches its plain twin's): only the
+cores limit XLA's threads. E.g. `2c` (two cores, XLA's default), `1c` (one
+core), `2c2d` (two devices sharing the two cores' threads).
 With `--solve THRESHOLD`, `--solve-seeds` end-to-end `training.train` runs
 (seeds config.seed, config.seed+1, ...) of at most `--solve-budget` env
 steps, each recording when the mean return of the last 100 episodes first

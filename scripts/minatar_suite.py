@@ -34,13 +34,14 @@ mid-save). A suite killed outright (kill -9) sends its runs SIGTERM on
 Linux, so they stop the same way. One suite at a time uses an output
 folder (`OUT/.suite.lock`, held until its last run has stopped).
 
-`--jobs N` trains N runs at once, each in its own process with one XLA
-thread (XLA_FLAGS `--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1`, unless XLA_FLAGS is set). Where
+`--jobs N` trains N runs at once, each in its own process. Where
 `os.sched_setaffinity` exists (Linux) and N is at most the number of cores
-this process may use, each run is pinned to a core of its own: runs then
-neither contend for a core nor migrate between them. Otherwise they are
-not pinned. Exit status: 0 when every run is done, 1 when one failed, 2 for
+this process may use, each run is pinned to a core of its own: XLA then
+runs one thread per run, and runs neither contend for a core nor migrate
+between them. Otherwise they are not pinned. Each run also gets XLA's
+one-thread flags (`--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1`, unless XLA_FLAGS is set), which jax 0.10
+ignores: only the pinning limits its threads. Exit status: 0 when every run is done, 1 when one failed, 2 for
 bad arguments (one `error:` line), 130 when stopped.
 """
 

@@ -4,9 +4,9 @@ XLA's per-op trace grouped by the part of the network each op comes from.
   python scripts/profile_update.py --config minatar.py [--config.KEY=VALUE ...]
       [--updates 10] [--top 25] [--no-trace]
 
-Run it the way training runs (e.g. `taskset -c 0` and XLA_FLAGS
-`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1` for one
-core). The batch comes from a replay the actor filled with the initial
+Run it the way training runs (e.g. `taskset -c 0` for one core: XLA sizes
+its threads to the CPU affinity, and jax 0.10 ignores XLA_FLAGS' one-thread
+flags). The batch comes from a replay the actor filled with the initial
 policy. Prints the update's median time over `--updates` calls (in blocks
 of 5), XLA's count of its temporaries, and with the trace the ops' time per
 update summed by their source (e.g. `transpose(jvp(representation))/...`

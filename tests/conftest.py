@@ -36,11 +36,11 @@ if "jax" in sys.modules:  # imported before this file: read its settings
   sys.modules["jax"].config.update(
       "jax_persistent_cache_min_compile_time_secs",
       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-# One XLA thread in every process of the suite: the same program then gives
-# the same bits every time; the test processes and the scripts they start
-# share compiled programs (the cache key covers XLA_FLAGS); and the two
-# pytest-xdist workers, which already keep both cores busy, do not contend
-# with each other's thread pools. Set before jax starts its backend.
+# XLA's one-thread flags in every process of the suite, so that the test
+# processes and the scripts they start share compiled programs (the cache
+# key covers XLA_FLAGS). jax 0.10's CPU client ignores the flags themselves:
+# its threads follow the CPU affinity, so each pytest-xdist worker still
+# uses every core it may. Set before jax starts its backend.
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 if ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(
@@ -52,8 +52,8 @@ TINY_RUN = dict(TINY_NETWORK, num_envs=2, batch_size=4, sequence_length=4,
 
 
 def script_env(devices: int = 0, path: tuple = ()) -> dict:
-  """The environment of a subprocess that runs this checkout on the CPU, on
-  one XLA thread.
+  """The environment of a subprocess that runs this checkout on the CPU,
+  with the suite's XLA_FLAGS.
 
   Args:
     devices: forced host CPU devices (the flag must be set before jax is
@@ -164,7 +164,7 @@ def random_batch(batch_size: int, window: int, obs_dim: int,
       mc_valid=np.ones((b, w), np.float32))
 
 
-# The learning runs train in subprocesses, on one XLA thread. In a plain
+# The learning runs train in subprocesses. In a plain
 # pytest session they train beside the tests, one after the other, so that
 # the rest of the suite keeps the other core: they start as soon as the
 # tests are collected, and the tests that read them run last. Under

@@ -69,7 +69,7 @@ def test_kill_9_at_a_random_update_then_resume_is_bit_identical(tmp_path,
       assert proc.poll() is None and time.time() < deadline, "no checkpoint"
       time.sleep(0.05)
     # The uninterrupted run goes on beside the one that is killed and its
-    # resume (one XLA thread each); started once the update has been
+    # resume; started once the update has been
     # compiled, it loads it from the compilation cache, as the resume does.
     log = tmp_path / "uninterrupted.log"
     with open(log, "w") as out:
