@@ -41,8 +41,9 @@ runs one thread per run, and runs neither contend for a core nor migrate
 between them. Otherwise they are not pinned. Each run also gets XLA's
 one-thread flags (`--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=1`, unless XLA_FLAGS is set), which jax 0.10
-ignores: only the pinning limits its threads. Exit status: 0 when every run is done, 1 when one failed, 2 for
-bad arguments (one `error:` line), 130 when stopped.
+ignores: only the pinning limits its threads. Exit status: 0 when every run
+is done, 1 when one failed, 2 for bad arguments (one `error:` line), 130
+when stopped.
 """
 
 import argparse

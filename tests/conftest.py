@@ -164,8 +164,8 @@ def random_batch(batch_size: int, window: int, obs_dim: int,
       mc_valid=np.ones((b, w), np.float32))
 
 
-# The learning runs train in subprocesses. In a plain
-# pytest session they train beside the tests, one after the other, so that
+# The learning runs train in subprocesses. In a plain pytest session they
+# train beside the tests, one after the other, so that
 # the rest of the suite keeps the other core: they start as soon as the
 # tests are collected, and the tests that read them run last. Under
 # pytest-xdist (`--dist loadfile` keeps the readers of a run on one worker)

@@ -383,8 +383,7 @@ def test_a_resumed_continuous_run_is_bit_identical(tmp_path):
     assert conftest.finish(proc) == 0, log.read_text()[-2000:]
 
   # The first part of one run; then its resume and the uninterrupted run,
-  # side by side, load its update from the
-  # compilation cache.
+  # side by side, load its update from the compilation cache.
   check("b", start("b", *args, "--config.total_env_steps=160",
                    f"--config.logdir={tmp_path / 'b'}"))
   (run_b,) = (tmp_path / "b").iterdir()
