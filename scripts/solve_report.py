@@ -81,11 +81,14 @@ def bootstrap(values: np.ndarray, statistic, reps: int = REPS,
                                           method="inverted_cdf")]
 
 
+def _steps(run: dict) -> float:
+  return math.inf if run["solved_at_steps"] is None else float(run["solved_at_steps"])
+
+
 def report(run_dirs: list, eval_name: str = "evaluation.json") -> dict:
   runs = sorted((load_run(d, eval_name) for d in run_dirs),
                 key=lambda r: r["seed"])
-  steps = np.array([math.inf if r["solved_at_steps"] is None
-                    else r["solved_at_steps"] for r in runs], float)
+  steps = np.array([_steps(r) for r in runs])
   minutes = np.array([math.inf if r["solved_at_minutes"] is None
                       else r["solved_at_minutes"] for r in runs], float)
   # Unsolved runs are +inf: a median is finite while more than half solved.
@@ -106,10 +109,6 @@ def report(run_dirs: list, eval_name: str = "evaluation.json") -> dict:
                           for r in evaluated], float)
       out["eval_mean_ci"] = bootstrap(per_run, lambda x: x[:, 0].sum() / x[:, 1].sum())
   return out
-
-
-def _steps(run: dict) -> float:
-  return math.inf if run["solved_at_steps"] is None else float(run["solved_at_steps"])
 
 
 def sign_test(wins: int, losses: int) -> float:

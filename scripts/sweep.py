@@ -704,8 +704,9 @@ def summary_table(optuna, study, sweep: dict, n: int) -> str:
            + (" per seed |" if sweep["seeds"] > 1 else "")
            + "".join(f" {k} |" for k in keys),
            "|" + "---:|" * (3 + (sweep["seeds"] > 1) + len(keys))]
+  rank_of = {t.number: i + 1 for i, t in enumerate(ranked)}
   for t in shown:
-    rank = ranked.index(t) + 1
+    rank = rank_of[t.number]
     name = f"{t.number} (base)" if t.user_attrs.get("base_config") else str(t.number)
     seeds = (" " + ", ".join(f"{v:.6g}" for v in t.user_attrs.get("seed_values", []))
              + " |") if sweep["seeds"] > 1 else ""
